@@ -1,0 +1,44 @@
+# The workbench's commands. `make setup` is idempotent; `run` and `test` call it first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+USERS ?= 25
+PROFILE ?= moksha
+OUT ?= outputs
+
+.PHONY: setup run test lint bench clean stack flow
+
+setup: $(VENV)/.installed node_modules/.installed .cache/contracts/.built
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Compiles the Solidity contracts with npm solc; cached by source hash under .cache/contracts.
+.cache/contracts/.built: $(VENV)/.installed node_modules/.installed $(wildcard workbench/stack/contracts/*.sol)
+	$(BIN)/python -m workbench.stack.compile
+	mkdir -p .cache/contracts && touch $@
+
+run: setup
+	$(BIN)/python -m workbench notebook notebooks/run.ipynb --users $(USERS) --profile $(PROFILE) --output-dir $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check workbench tests benchmarks
+	$(BIN)/ruff format --check workbench tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/flow.py
+	$(BIN)/python benchmarks/driver.py
+
+clean:
+	rm -rf .cache outputs/*/ 

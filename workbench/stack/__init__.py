@@ -1,0 +1,1 @@
+"""The embedded system under test: anvil, storage, app API server and personal server."""

@@ -1,0 +1,122 @@
+"""`python -m workbench …`: stack up, one flow, wallets, a run, a report, a notebook run.
+
+Subcommands import their modules lazily so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workbench.errors import WorkbenchError
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from workbench.stack.cli import stack_up
+
+    return stack_up(args.profile, args.json)
+
+
+def _flow(args: argparse.Namespace) -> int:
+    from workbench.single import flow_command
+
+    return flow_command(args.profile, args.json)
+
+
+def _wallets(args: argparse.Namespace) -> int:
+    from workbench.wallets_cli import wallets_command
+
+    return wallets_command(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workbench.runner import run_command
+
+    return run_command(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workbench.report import main
+
+    return main([args.results_dir, *(["--criteria", args.criteria] if args.criteria else [])])
+
+
+def _notebook(args: argparse.Namespace) -> int:
+    from workbench.notebook import notebook_command
+
+    return notebook_command(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stack", help="start the embedded local stack and keep it up")
+    s.add_argument("action", choices=["up"])
+    s.add_argument("--profile", default="fast", help="fast | moksha | path to a profile YAML")
+    s.add_argument("--json", action="store_true", help="print one JSON line with the endpoints")
+    s.set_defaults(func=_stack)
+
+    f = sub.add_parser("flow", help="run one timed flow on a fresh local stack")
+    f.add_argument("--profile", default="fast")
+    f.add_argument("--json", action="store_true", help="last line is the flow outcome as JSON")
+    f.set_defaults(func=_flow)
+
+    w = sub.add_parser("wallets", help="generate, fund, check or sweep test wallets")
+    w.add_argument("--generate", type=int, metavar="N", help="derive N wallets into the wallet file")
+    w.add_argument("--fund", action="store_true", help="top every wallet up to --amount-eth")
+    w.add_argument("--check", action="store_true", help="validate the wallets and their funding")
+    w.add_argument("--sweep", action="store_true", help="return all funds to the funder")
+    w.add_argument("--count", type=int, help="how many wallets to fund/check/sweep (default all)")
+    w.add_argument("--amount-eth", type=float, default=0.01)
+    w.add_argument("--wallet-file", help="default .wallets/wallets.json or $WORKBENCH_WALLET_FILE")
+    w.add_argument("--rpc-url", help="chain to fund on (e.g. from `stack up --json`)")
+    w.set_defaults(func=_wallets)
+
+    r = sub.add_parser("run", help="run a load shape of concurrent flows and write a results dir")
+    r.add_argument("--params", help="a params YAML (params/run-*.yaml); flags override it")
+    r.add_argument("--users", type=int)
+    r.add_argument("--profile")
+    r.add_argument("--target", help="local (default) or a target YAML")
+    r.add_argument("--shape", help="staggered | burst | hold | poisson | steps")
+    r.add_argument("--ramp-s", type=float, dest="ramp_s")
+    r.add_argument("--duration-s", type=float, dest="duration_s")
+    r.add_argument("--rate-per-s", type=float, dest="rate_per_s")
+    r.add_argument("--data-size", dest="data_size", help="small | medium | large | mixed")
+    r.add_argument("--criteria")
+    r.add_argument("--faults")
+    r.add_argument("--output-dir", dest="output_dir")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--fail-on-criteria", action="store_true", dest="fail_on_criteria", default=None)
+    r.add_argument("--no-report", action="store_true", help="skip rendering report.html")
+    r.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="render report.html again from a results dir alone")
+    rep.add_argument("results_dir")
+    rep.add_argument("--criteria", help="judge against another criteria file")
+    rep.set_defaults(func=_report)
+
+    nb = sub.add_parser("notebook", help="execute a notebook with papermill; print the report path")
+    nb.add_argument("notebook", nargs="?", default="notebooks/run.ipynb")
+    nb.add_argument("--users", type=int)
+    nb.add_argument("--profile")
+    nb.add_argument("--output-dir", dest="output_dir", default="outputs")
+    nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    nb.set_defaults(func=_notebook)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

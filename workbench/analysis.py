@@ -1,0 +1,737 @@
+"""Analysis of a results dir: latency with CIs, throughput, success rates, resources, trends.
+
+Pure functions of a results dir (`load_results`) or of its DataFrames; `summarize` builds the
+`summary.json` dict. Definitions the report quotes:
+
+- **Flow latency** (completion time) is `duration_s` of flows with status `ok`; a failed flow's
+  duration is a time to failure, not a completion time. Step latency likewise uses ok steps.
+- **Percentiles** are numpy's default (linear interpolation between closest ranks, Hyndman-Fan
+  type 7), computed exactly from the raw samples: a run holds at most a few thousand flows, so
+  there is no reason to approximate. HdrHistogram (`latency_histogram`, `merge_histograms`) is
+  for merging latency across workers or runs, where raw samples are not at hand.
+- **Confidence intervals** of mean/p50/p95/p99: `scipy.stats.bootstrap`, percentile method
+  (BCa's jackknife is unreliable for quantiles), fixed seed so a report re-renders identically.
+  None for n < 2 or all-equal samples. A p99 CI from fewer than ~100 flows is mostly the max.
+- **Success rate** = ok flows / (ok + failed flows). Cancelled flows (stopped by the run's end or
+  by the user, not by the system under test) are counted apart and excluded from every rate.
+  A flow that hits its own deadline is `failed` (class `timeout`), not cancelled.
+  Proportion CIs: Wilson score interval (`scipy.stats.binomtest(...).proportion_ci`).
+- **Transactions**: an attempt is a flow with a `relay` step; it succeeded if the same flow's
+  `confirm` step is ok (relayed and mined). **Uploads**: `upload_file` and `upload_grant` steps.
+  **Inference**: attempts are `inference_submit` steps, successes `inference_poll` steps that are ok.
+- **Throughput** (`throughput_per_min`) = ok flows / (last flow end - first flow start) in minutes.
+  Over time: ok and failed flows per window of `bin_s`, by the flow's end time.
+- **Memory trend**: `scipy.stats.linregress` of a component's RSS against time over the steady
+  part (the first 20% of its sampled span dropped as warm-up); slope in MB/min.
+- **API errors** = failed `relay`/`inference_submit`/`inference_poll` steps of class `http` or
+  `timeout`, plus restarts of the `api` process (a new pid in samples.csv).
+- **Knee** of a capacity curve: see `knee`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+from scipy import stats
+
+from workbench import criteria as crit
+from workbench.errors import WorkbenchError
+from workbench.events import STEPS, read_events
+
+FLOW_COLUMNS = (
+    "run_id",
+    "flow_id",
+    "user",
+    "address",
+    "t",
+    "duration_s",
+    "ok",
+    "status",
+    "error",
+    "error_class",
+    "failed_step",
+    "data_size",
+    "bytes",
+    "wall",
+)
+STEP_COLUMNS = (
+    "run_id",
+    "flow_id",
+    "user",
+    "step",
+    "t",
+    "duration_s",
+    "ok",
+    "error",
+    "error_class",
+    "attempts",
+    "wall",
+)
+SAMPLE_COLUMNS = ("t", "wall", "component", "pid", "metric", "value")
+COMPONENT_ORDER = ("driver", "system", "anvil", "storage", "api", "personal", "stack")
+UPLOAD_STEPS = ("upload_file", "upload_grant")
+API_STEPS = ("relay", "inference_submit", "inference_poll")
+API_ERROR_CLASSES = ("http", "timeout")
+WARMUP_FRAC = 0.2
+QUANTILES = {"p50": 50, "p95": 95, "p99": 99}
+
+
+@dataclass
+class Results:
+    """A results dir read into DataFrames. `complete`: see `_completed`."""
+
+    path: Path
+    flows: pd.DataFrame
+    steps: pd.DataFrame
+    runs: pd.DataFrame
+    samples: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
+
+    @property
+    def run_start(self) -> dict[str, Any]:
+        return _first_mark(self.runs, "start")
+
+    @property
+    def run_end(self) -> dict[str, Any]:
+        return _first_mark(self.runs, "end")
+
+
+def _first_mark(runs: pd.DataFrame, event: str) -> dict[str, Any]:
+    if runs.empty or "event" not in runs:
+        return {}
+    rows = runs[runs["event"] == event]
+    return {} if rows.empty else {k: v for k, v in rows.iloc[0].items() if _present(v)}
+
+
+def _present(v: Any) -> bool:
+    return not (v is None or (isinstance(v, float) and math.isnan(v)))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Reads events.jsonl (torn lines skipped), samples.csv and config.json of a results dir."""
+    path = Path(results_dir)
+    events_path = path / "events.jsonl"
+    if not events_path.is_file():
+        raise WorkbenchError(
+            "results_dir", f"{path} has no events.jsonl", "point at a run's outputs/<run-id>/ dir"
+        )
+    events = read_events(events_path)
+    runs = pd.DataFrame([e for e in events if e.get("kind") == "run"])
+    return Results(
+        path=path,
+        flows=flows_frame(events),
+        steps=steps_frame(events),
+        runs=runs,
+        samples=load_samples(path / "samples.csv"),
+        config=_load_config(path / "config.json"),
+        complete=_completed(runs),
+    )
+
+
+def _completed(runs: pd.DataFrame) -> bool:
+    """True iff a run-end event exists and says the shape ran to its end.
+
+    No end event: the driver was killed. An end with reason `interrupted` or `error: ...` did not
+    run the whole shape either; both are INCOMPLETE (the reason is kept in `end_reason`).
+    """
+    end = _first_mark(runs, "end")
+    return bool(end) and end.get("reason", "completed") == "completed"
+
+
+def _frame(events: list[dict], kind: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    df = pd.DataFrame([e for e in events if e.get("kind") == kind])
+    df = df.reindex(columns=[*columns, *(c for c in df.columns if c not in columns)])
+    for col in ("t", "duration_s"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["ok"] = df["ok"].fillna(False).astype(bool)
+    df["t_end"] = df["t"] + df["duration_s"]
+    return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def flows_frame(events: list[dict]) -> pd.DataFrame:
+    """Flow outcome events as a DataFrame (schema columns always present, plus `t_end`)."""
+    df = _frame(events, "flow", FLOW_COLUMNS)
+    derived = pd.Series(np.where(df["ok"], "ok", "failed"), index=df.index, dtype=object)
+    df["status"] = df["status"].astype(object).where(df["status"].notna(), derived)
+    return df
+
+
+def steps_frame(events: list[dict]) -> pd.DataFrame:
+    return _frame(events, "step", STEP_COLUMNS)
+
+
+def load_samples(path: str | Path) -> pd.DataFrame:
+    """samples.csv, long format; a torn last line (killed run) is dropped, not fatal."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, on_bad_lines="skip")
+    except (FileNotFoundError, pd.errors.EmptyDataError):  # not sampled, or killed before a row
+        df = pd.DataFrame(columns=list(SAMPLE_COLUMNS))
+    df = df.reindex(columns=[*SAMPLE_COLUMNS, *(c for c in df.columns if c not in SAMPLE_COLUMNS)])
+    for col in ("t", "value"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df.dropna(subset=["t", "value", "component", "metric"]).reset_index(drop=True)
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise WorkbenchError(str(path), f"is not valid JSON ({e})", "restore or delete it") from e
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def latency_stats(
+    seconds: Any, confidence: float = 0.95, seed: int = 0, n_resamples: int = 2000
+) -> dict[str, Any]:
+    """n, mean, p50, p95, p99, max (exact, numpy linear) and bootstrap CIs `<stat>_ci: [lo, hi]`."""
+    x = np.asarray(seconds, dtype=float)
+    x = x[np.isfinite(x)]
+    out: dict[str, Any] = {"n": int(x.size), "confidence": confidence}
+    empty = x.size == 0
+    out["mean"] = None if empty else float(x.mean())
+    for name, q in QUANTILES.items():
+        out[name] = None if empty else float(np.percentile(x, q))
+    out["min"] = None if empty else float(x.min())
+    out["max"] = None if empty else float(x.max())
+    cis = _bootstrap_cis(x, confidence, seed, n_resamples)
+    for i, name in enumerate(("mean", *QUANTILES)):
+        out[f"{name}_ci"] = None if cis is None else [float(cis[0][i]), float(cis[1][i])]
+    return out
+
+
+def _location_stats(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    # One bootstrap pass serves all four statistics (same resamples, a quarter of the work).
+    return np.stack([a.mean(axis=axis), *np.percentile(a, list(QUANTILES.values()), axis=axis)])
+
+
+def _bootstrap_cis(x: np.ndarray, confidence: float, seed: int, n_resamples: int):
+    if x.size < 2 or np.ptp(x) == 0:
+        return None  # nothing to resample: the CI would be a point or undefined
+    res = stats.bootstrap(
+        (x,),
+        _location_stats,
+        n_resamples=n_resamples,
+        batch=max(1, 2_000_000 // x.size),  # bounds memory at ~16 MB per batch
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+# HdrHistogram range: 1 us .. 1 day, 3 significant digits (0.1% value resolution).
+_HDR_UNIT = 1e6
+_HDR_RANGE = (1, 86_400 * 1_000_000, 3)
+
+
+def latency_histogram(seconds: Any) -> HdrHistogram:
+    """An HdrHistogram of latencies recorded in microseconds (for merging across workers)."""
+    h = HdrHistogram(*_HDR_RANGE)
+    x = np.asarray(seconds, dtype=float)
+    for us in np.clip(np.rint(x[np.isfinite(x)] * _HDR_UNIT), 1, _HDR_RANGE[1]).astype(np.int64):
+        h.record_value(int(us))
+    return h
+
+
+def merge_histograms(*histograms: HdrHistogram) -> HdrHistogram:
+    merged = HdrHistogram(*_HDR_RANGE)
+    for h in histograms:
+        merged.add(h)
+    return merged
+
+
+def histogram_percentiles(h: HdrHistogram, percentiles=(50, 95, 99)) -> dict[str, float]:
+    """Approximate percentiles (seconds) of a histogram, e.g. a merged one."""
+    return {f"p{p:g}": h.get_value_at_percentile(p) / _HDR_UNIT for p in percentiles}
+
+
+def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:
+    """Per step (in flow order): n attempted, ok, failed, cancelled, ok_rate = ok / (ok + failed),
+    and latency (mean, p50, p95, p99, max in seconds) of the ok steps."""
+    cols = ["n", "ok", "failed", "cancelled", "ok_rate", "mean", "p50", "p95", "p99", "max"]
+    if steps_df.empty:
+        return pd.DataFrame(columns=cols, index=pd.Index([], name="step"))
+    counts = (
+        steps_df.assign(cancelled=steps_df["error_class"] == "cancelled")
+        .groupby("step")
+        .agg(n=("ok", "size"), ok=("ok", "sum"), cancelled=("cancelled", "sum"))
+    )
+    counts["failed"] = counts["n"] - counts["ok"] - counts["cancelled"]
+    counts["ok_rate"] = counts["ok"] / (counts["ok"] + counts["failed"]).replace(0, np.nan)
+    lat = steps_df[steps_df["ok"]].groupby("step")["duration_s"]
+    quantiles = lat.quantile([0.5, 0.95, 0.99]).unstack()  # pandas' linear == numpy's default
+    quantiles.columns = ["p50", "p95", "p99"]
+    table = counts.join(lat.mean().rename("mean")).join(quantiles).join(lat.max().rename("max"))
+    order = [s for s in STEPS if s in table.index] + sorted(set(table.index) - set(STEPS))
+    return table.loc[order, cols].rename_axis("step")
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+def flows_per_minute(flows_df: pd.DataFrame) -> float | None:
+    """Overall throughput: ok flows / (last flow end - first flow start), per minute."""
+    if flows_df.empty:
+        return None
+    span = flows_df["t_end"].max() - flows_df["t"].min()
+    ok = int(flows_df["ok"].sum())
+    return None if not ok or not span > 0 else ok / span * 60.0
+
+
+def throughput(flows_df: pd.DataFrame, bin_s: float = 60.0) -> pd.DataFrame:
+    """Completed flows per window of `bin_s` by end time, from run start (t=0).
+
+    Columns: t_start, t_end, ok, failed, flows_per_min (ok per minute), partial (the last window,
+    cut short by the run's end, reads low).
+    """
+    cols = ["t_start", "t_end", "ok", "failed", "flows_per_min", "partial"]
+    done = flows_df[flows_df["status"].isin(["ok", "failed"]) & flows_df["t_end"].notna()]
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    window = (done["t_end"] // bin_s).astype(int).rename("window")
+    counts = (
+        done.assign(window=window)
+        .groupby(["window", "status"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=["ok", "failed"], fill_value=0)
+        .reindex(range(int(window.max()) + 1), fill_value=0)
+    )
+    t_start = counts.index.to_numpy() * bin_s
+    return pd.DataFrame(
+        {
+            "t_start": t_start,
+            "t_end": t_start + bin_s,
+            "ok": counts["ok"].to_numpy(),
+            "failed": counts["failed"].to_numpy(),
+            "flows_per_min": counts["ok"].to_numpy() * 60.0 / bin_s,
+            "partial": t_start + bin_s > flows_df["t_end"].max(),
+        }
+    )
+
+
+def concurrency(flows_df: pd.DataFrame) -> pd.DataFrame:
+    """In-flight flows as a step function: columns t, in_flight (value from t on)."""
+    f = flows_df.dropna(subset=["t", "t_end"])
+    if f.empty:
+        return pd.DataFrame({"t": [], "in_flight": []})
+    edges = pd.concat(
+        [
+            pd.DataFrame({"t": f["t"], "delta": 1}),
+            pd.DataFrame({"t": f["t_end"], "delta": -1}),
+        ]
+    )
+    # At equal times, ends come before starts: a flow that ends as another starts never overlaps.
+    edges = edges.sort_values(["t", "delta"], kind="stable")
+    edges["in_flight"] = edges["delta"].cumsum()
+    return edges.groupby("t", as_index=False)["in_flight"].last()
+
+
+# ----------------------------------------------------------------------------- success
+
+
+def proportion(k: int, n: int, confidence: float = 0.95) -> dict[str, Any]:
+    """k of n with a Wilson score interval; rate and CI None when n == 0."""
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": None, "ci_low": None, "ci_high": None}
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"k": int(k), "n": int(n), "rate": k / n, "ci_low": ci.low, "ci_high": ci.high}
+
+
+def success_rates(
+    flows_df: pd.DataFrame, steps_df: pd.DataFrame, confidence: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """Flows, transactions, uploads, inference: `{k, n, rate, ci_low, ci_high}` each.
+
+    Work cut short by a cancel (the run's end, Ctrl-C) is neither success nor failure and is left
+    out: cancelled flows, `cancelled` steps, and operations a cancelled flow had not finished.
+    """
+    done = flows_df[flows_df["status"].isin(["ok", "failed"])]
+    cancelled = set(flows_df.loc[flows_df["status"] == "cancelled", "flow_id"])
+    uploads = steps_df[
+        steps_df["step"].isin(UPLOAD_STEPS) & (steps_df["error_class"] != "cancelled")
+    ]
+    return {
+        "flows": proportion(int(done["ok"].sum()), len(done), confidence),
+        "transactions": _operation(steps_df, "relay", "confirm", cancelled, confidence),
+        "uploads": proportion(int(uploads["ok"].sum()), len(uploads), confidence),
+        "inference": _operation(
+            steps_df, "inference_submit", "inference_poll", cancelled, confidence
+        ),
+    }
+
+
+def _operation(
+    steps_df: pd.DataFrame, first: str, last: str, cancelled: set, confidence: float
+) -> dict[str, Any]:
+    """Flows that attempted `first`; a success if the same flow's `last` step is ok."""
+    attempted = set(steps_df.loc[steps_df["step"] == first, "flow_id"])
+    succeeded = set(steps_df.loc[(steps_df["step"] == last) & steps_df["ok"], "flow_id"])
+    attempted -= cancelled - succeeded
+    return proportion(len(attempted & succeeded), len(attempted), confidence)
+
+
+def error_classes(flows_df: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Counts of flows that did not succeed, `by_class` (error_class) and `by_step` (failed_step)."""
+    bad = flows_df[flows_df["status"] != "ok"]
+
+    def counts(col: str) -> dict[str, int]:
+        values = bad[col].astype(object).where(bad[col].notna(), "unknown")
+        return {str(k): int(v) for k, v in values.value_counts().items()}
+
+    return {"by_class": counts("error_class"), "by_step": counts("failed_step")}
+
+
+def api_errors(steps_df: pd.DataFrame, samples_df: pd.DataFrame) -> dict[str, Any]:
+    """Timeouts and HTTP errors at the API server's steps, plus api process crashes if sampled.
+
+    Crashes = max(deaths the sampler marked (`alive 0`), pid changes): a crash followed by a
+    restart shows as both and counts once. None when the api process was not sampled.
+    """
+    failed = steps_df[
+        steps_df["step"].isin(API_STEPS)
+        & ~steps_df["ok"]
+        & steps_df["error_class"].isin(API_ERROR_CLASSES)
+    ]
+    api = samples_df[samples_df["component"] == "api"]
+    crashes = None
+    if not api.empty:
+        deaths = int(((api["metric"] == "alive") & (api["value"] == 0)).sum())
+        crashes = max(deaths, api["pid"].dropna().nunique() - 1)
+    return {"step_errors": len(failed), "crashes": crashes, "total": len(failed) + (crashes or 0)}
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def resources(samples_df: pd.DataFrame) -> pd.DataFrame:
+    """Per component: avg/peak cpu_pct and rss_mb, peak num_fds, open_files, connections, threads.
+
+    cpu_pct of a process is % of one core (can exceed 100); of `system`, % of all cores (0-100).
+    """
+    metrics = ["cpu_pct", "rss_mb", "num_fds", "open_files", "connections", "threads"]
+    cols = [
+        "avg_cpu_pct",
+        "peak_cpu_pct",
+        "avg_rss_mb",
+        "peak_rss_mb",
+        "peak_num_fds",
+        "peak_open_files",
+        "peak_connections",
+        "peak_threads",
+    ]
+    s = samples_df[samples_df["metric"].isin(metrics)]
+    if s.empty:
+        return pd.DataFrame(columns=cols, index=pd.Index([], name="component"))
+    # Several pids of one component (workers, a restart) add up at a sampling instant.
+    per_tick = s.groupby(["component", "metric", "t"])["value"].sum()
+    agg = per_tick.groupby(["component", "metric"]).agg(["mean", "max"]).unstack("metric")
+    table = pd.DataFrame(index=agg.index)
+    for col in cols:
+        how, metric = col.split("_", 1)
+        key = ("mean" if how == "avg" else "max", metric)
+        table[col] = agg[key] if key in agg.columns else np.nan
+    order = [c for c in COMPONENT_ORDER if c in table.index]
+    order += sorted(set(table.index) - set(order))
+    return table.loc[order].rename_axis("component")
+
+
+def memory_trend(
+    samples_df: pd.DataFrame,
+    component: str = "driver",
+    warmup_frac: float = WARMUP_FRAC,
+    min_points: int = 5,
+) -> dict[str, Any] | None:
+    """RSS slope (MB/min) over the steady part via linregress; None with fewer than `min_points`."""
+    rss = samples_df[(samples_df["component"] == component) & (samples_df["metric"] == "rss_mb")]
+    series = rss.groupby("t")["value"].sum()
+    if len(series) < min_points:
+        return None
+    t0, t1 = series.index.min(), series.index.max()
+    steady = series[series.index >= t0 + warmup_frac * (t1 - t0)]
+    if len(steady) < min_points:
+        return None
+    fit = stats.linregress(steady.index.to_numpy(dtype=float), steady.to_numpy(dtype=float))
+    return {
+        "component": component,
+        "slope_mb_per_min": fit.slope * 60.0,
+        "stderr_mb_per_min": fit.stderr * 60.0,
+        "intercept_mb": fit.intercept,
+        "r": fit.rvalue,
+        "p_value": fit.pvalue,
+        "n": len(steady),
+        "t_from": float(steady.index.min()),
+        "t_to": float(t1),
+        "warmup_frac": warmup_frac,
+    }
+
+
+def network(samples_df: pd.DataFrame) -> dict[str, Any]:
+    """Bytes the machine sent and received over the run (system counters, last minus first)."""
+
+    def delta(metric: str) -> int | None:
+        s = samples_df[(samples_df["component"] == "system") & (samples_df["metric"] == metric)]
+        if s.empty:
+            return None
+        s = s.sort_values("t")["value"]
+        return int(s.iloc[-1] - s.iloc[0])
+
+    sent, recv = delta("net_sent_bytes"), delta("net_recv_bytes")
+    total = None if sent is None and recv is None else (sent or 0) + (recv or 0)
+    return {"sent_bytes": sent, "recv_bytes": recv, "total_bytes": total}
+
+
+def loop_lag(samples_df: pd.DataFrame) -> dict[str, Any] | None:
+    """Driver event-loop lag (ms): p50, p99, max; None if not sampled."""
+    lag = samples_df.loc[samples_df["metric"] == "loop_lag_ms", "value"].to_numpy(dtype=float)
+    if lag.size == 0:
+        return None
+    p50, p99 = np.percentile(lag, [50, 99])
+    return {"n": int(lag.size), "p50_ms": p50, "p99_ms": p99, "max_ms": lag.max()}
+
+
+def gauge_peaks(samples_df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Peak of every non-resource gauge per component (queue_depth, txpool_pending, ...)."""
+    resource = {"cpu_pct", "rss_mb", "num_fds", "open_files", "connections", "threads"}
+    resource |= {"loop_lag_ms", "alive"}
+    g = samples_df[~samples_df["metric"].isin(resource) & (samples_df["component"] != "system")]
+    peaks = g.groupby(["component", "metric"])["value"].max()
+    out: dict[str, dict[str, float]] = {}
+    for (component, metric), value in peaks.items():
+        out.setdefault(str(component), {})[str(metric)] = float(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+def capacity_curve(results: Results | pd.DataFrame) -> pd.DataFrame:
+    """Per stage of a `steps` shape (flows carry `stage`): users, flows, ok, success_rate,
+    throughput_per_min, p50_s, p95_s. `users` = the stage's level (`stage_users`, written by the
+    runner), else the distinct users that started a flow in it. Empty without a `stage` column."""
+    flows = results.flows if isinstance(results, Results) else results
+    cols = ["stage", "users", "flows", "ok", "success_rate", "throughput_per_min", "p50_s", "p95_s"]
+    if "stage" not in flows or flows["stage"].isna().all():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for stage, f in flows.dropna(subset=["stage"]).groupby("stage"):  # a handful of stages
+        done = f[f["status"].isin(["ok", "failed"])]
+        ok_s = f.loc[f["ok"], "duration_s"].to_numpy(dtype=float)
+        level = f["stage_users"].max() if "stage_users" in f else np.nan
+        rows.append(
+            {
+                "stage": int(stage),
+                "users": int(level) if pd.notna(level) else int(f["user"].nunique()),
+                "flows": len(f),
+                "ok": int(f["ok"].sum()),
+                "success_rate": f["ok"].sum() / len(done) if len(done) else np.nan,
+                "throughput_per_min": flows_per_minute(f) or 0.0,
+                "p50_s": np.percentile(ok_s, 50) if ok_s.size else np.nan,
+                "p95_s": np.percentile(ok_s, 95) if ok_s.size else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def knee(curve: pd.DataFrame, gain_frac: float = 0.5, p95_factor: float = 2.0) -> int | None:
+    """The first users level where the system stops scaling, or None.
+
+    Rule: with s0 = throughput / users at the first level (the initial slope, from the origin),
+    the knee is the first later level where the throughput gained per added user falls below
+    `gain_frac * s0`, or where p95 exceeds `p95_factor` x the first level's p95.
+    """
+    c = curve.dropna(subset=["users", "throughput_per_min"]).sort_values("users")
+    users = c["users"].to_numpy(dtype=float)
+    thr = c["throughput_per_min"].to_numpy(dtype=float)
+    p95 = c["p95_s"].to_numpy(dtype=float)
+    if len(c) < 2 or users[0] <= 0:
+        return None
+    s0 = thr[0] / users[0]
+    added = np.diff(users)
+    gain = np.divide(np.diff(thr), added, out=np.full(added.shape, np.inf), where=added > 0)
+    slow = gain < gain_frac * s0
+    slower = p95[1:] > p95_factor * p95[0]  # NaN compares False
+    hits = np.flatnonzero(slow | slower)
+    return int(users[hits[0] + 1]) if hits.size else None
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(
+    results: Results, criteria: crit.Criteria | str | Path | None = None
+) -> dict[str, Any]:
+    """The `summary.json` dict (JSON-safe: NaN -> None). `criteria` is a Criteria, a name/path,
+    or None: the run's own (`config.json` `criteria`), else `params/criteria/ms03.yaml`."""
+    flows, steps, samples = results.flows, results.steps, results.samples
+    lat = latency_stats(flows.loc[flows["ok"], "duration_s"])
+    rates = success_rates(flows, steps)
+    res = resources(samples)
+    trend = memory_trend(samples)
+    api = api_errors(steps, samples)
+    errs = error_classes(flows)
+    inflight = concurrency(flows)
+    s: dict[str, Any] = {
+        **_run_facts(results),
+        "flows_total": rates["flows"]["n"],
+        "flows_ok": rates["flows"]["k"],
+        "flows_failed": int((flows["status"] == "failed").sum()),
+        "flows_cancelled": int((flows["status"] == "cancelled").sum()),
+        "flows_started": len(flows),
+        "dropped_arrivals": _count_marks(results.runs, "dropped"),
+        "success_rate": rates["flows"]["rate"],
+        "avg_s": lat["mean"],
+        "p50_s": lat["p50"],
+        "p95_s": lat["p95"],
+        "p99_s": lat["p99"],
+        "max_s": lat["max"],
+        "latency": lat,
+        "throughput_per_min": flows_per_minute(flows),
+        "peak_in_flight": int(inflight["in_flight"].max()) if not inflight.empty else 0,
+        "tx_total": rates["transactions"]["n"],
+        "tx_ok": rates["transactions"]["k"],
+        "tx_success_rate": rates["transactions"]["rate"],
+        "uploads_total": rates["uploads"]["n"],
+        "uploads_ok": rates["uploads"]["k"],
+        "upload_success_rate": rates["uploads"]["rate"],
+        "inference_total": rates["inference"]["n"],
+        "inference_ok": rates["inference"]["k"],
+        "inference_success_rate": rates["inference"]["rate"],
+        "rates": rates,
+        "api_errors": api["total"],
+        "api": api,
+        "peak_rss_mb": _cell(res, "driver", "peak_rss_mb"),
+        "avg_cpu_pct": _cell(res, "system", "avg_cpu_pct"),
+        "peak_cpu_pct": _cell(res, "system", "peak_cpu_pct"),
+        "memory_slope_mb_per_min": trend["slope_mb_per_min"] if trend else None,
+        "memory_trend": trend,
+        "resources": res.to_dict(orient="index"),
+        "network": network(samples),
+        "loop_lag": loop_lag(samples),
+        "gauges": gauge_peaks(samples),
+        "step_stats": step_breakdown(steps).to_dict(orient="index"),
+        "error_classes": errs["by_class"],
+        "failed_steps": errs["by_step"],
+        "faults_injected": _faults(results.config),
+    }
+    curve = capacity_curve(results)
+    if not curve.empty:
+        s["capacity"] = curve.to_dict(orient="records")
+        s["knee_users"] = knee(curve)
+    s = _json_safe(s)
+    if not isinstance(criteria, crit.Criteria):
+        criteria = crit.load_criteria(
+            criteria or results.config.get("criteria") or crit.DEFAULT_CRITERIA
+        )
+    rows = crit.evaluate(criteria, s)
+    s["criteria_name"] = criteria.name
+    s["criteria_title"] = criteria.title
+    s["criteria"] = rows
+    s["verdict"] = crit.verdict(rows, complete=results.complete)
+    s["outcome"] = s["verdict"] if results.complete else "INCOMPLETE"
+    return _json_safe(s)
+
+
+def _run_facts(results: Results) -> dict[str, Any]:
+    cfg, start, end = results.config, results.run_start, results.run_end
+    flows = results.flows
+
+    def fact(key: str, default: Any = None) -> Any:
+        return cfg.get(key, start.get(key, default))
+
+    run_id = fact("run_id")
+    if run_id is None and not flows.empty:
+        run_id = flows["run_id"].dropna().iloc[0] if flows["run_id"].notna().any() else None
+    wall = start.get("wall")
+    return {
+        "run_id": run_id or results.path.name,
+        "complete": results.complete,
+        "end_reason": end.get("reason"),
+        "shape": fact("shape"),
+        "profile": fact("profile"),
+        "users": fact("users", int(flows["user"].nunique()) if not flows.empty else 0),
+        "started_at": datetime.fromtimestamp(wall, UTC).isoformat() if wall else fact("started_at"),
+        "wall_s": _wall_s(results),
+    }
+
+
+def _wall_s(results: Results) -> float | None:
+    """Run length: run end - run start; for a killed run, the last thing observed."""
+    start_t = results.run_start.get("t", 0.0)
+    if results.run_end.get("t") is not None:
+        return results.run_end["t"] - start_t
+    seen = [results.flows["t_end"].max(), results.steps["t_end"].max()]
+    if not results.samples.empty:
+        seen.append(results.samples["t"].max())
+    seen = [v for v in seen if _present(v)]
+    return max(seen) - start_t if seen else None
+
+
+def _count_marks(runs: pd.DataFrame, event: str) -> int:
+    # Open-model arrivals that found no free wallet are recorded as run marks, not flows.
+    return int((runs["event"] == event).sum()) if "event" in runs else 0
+
+
+def _faults(config: dict[str, Any]) -> Any:
+    """What faults the run injected: `faults_injected` if the runner recorded it, else the
+    faults file named by the config; None for none."""
+    if config.get("faults_injected") is not None:
+        return config["faults_injected"]
+    faults = config.get("faults")
+    return None if faults in (None, "", "none") else faults
+
+
+def _cell(table: pd.DataFrame, row: str, col: str) -> float | None:
+    if row not in table.index or col not in table.columns:
+        return None
+    value = table.at[row, col]
+    return None if pd.isna(value) else float(value)
+
+
+def _json_safe(obj: Any) -> Any:
+    """numpy scalars -> Python, NaN/inf -> None, tuples -> lists, keys -> str."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
+
+
+def write_summary(results_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Writes summary.json and criteria.csv into the results dir; returns summary.json's path."""
+    path = Path(results_dir)
+    out = path / "summary.json"
+    out.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    crit.to_csv(summary.get("criteria", []), path / "criteria.csv")
+    return out
+
+
+def analyze(results_dir: str | Path, criteria: crit.Criteria | str | Path | None = None) -> dict:
+    """load_results + summarize + write_summary, for the notebooks and the CLI."""
+    summary = summarize(load_results(results_dir), criteria)
+    write_summary(results_dir, summary)
+    return summary

@@ -1,0 +1,469 @@
+"""One user's data-portability flow, timed step by step (the steps of the Vana reference).
+
+Every step emits one `kind: "step"` event; every flow ends with exactly one `kind: "flow"`
+outcome (ok, failed or cancelled). CPU-heavy crypto runs in the run's executor, never on the
+event loop, so one user's key stretching does not delay another user's timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from workbench import chain, crypto, permission
+from workbench.events import Clock
+from workbench.target import Endpoints
+
+Emit = Callable[[dict[str, Any]], None]
+TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Statuses of an operation that is still running on the personal server.
+RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
+
+# Which component a failed step blames when the failure is not more specific.
+STEP_CLASS = {
+    "derive_key": "crypto",
+    "encrypt": "crypto",
+    "share_key": "crypto",
+    "sign_permission": "crypto",
+    "upload_file": "storage",
+    "upload_grant": "storage",
+    "resolve_grantee": "rpc",
+    "read_nonce": "rpc",
+    "server_identity": "http",
+    "relay": "relay",
+    "confirm": "rpc",
+    "inference_submit": "inference",
+    "inference_poll": "inference",
+}
+
+
+class FlowError(Exception):
+    """A step failed; `error_class` names the kind of failure (see events.ERROR_CLASSES)."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int, body: Any):
+        super().__init__(f"HTTP {status}: {_short(body)}")
+        self.status, self.body = status, body
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Timing knobs of a flow; every timeout is explicit (no library default decides)."""
+
+    poll_interval_s: float = 0.25
+    receipt_poll_s: float = 0.5
+    receipt_timeout_s: float = 120.0
+    flow_timeout_s: float = 300.0
+    http_timeout_s: float = 30.0
+    retry_attempts: int = 5
+    retry_base_s: float = 1.0  # upstream: 1 s doubling, capped at 5 s
+    retry_cap_s: float = 5.0
+    schema_id: int = 0
+    prompt: str = "Summarise this user's data as JSON."
+
+    @classmethod
+    def from_profile(cls, profile: dict[str, Any], **overrides: Any) -> FlowSettings:
+        flow = profile.get("flow", {})
+        known = {k: flow[k] for k in cls.__dataclass_fields__ if k in flow}
+        return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """A test user's wallet. The key never appears in repr, events or logs."""
+
+    index: int
+    address: str
+    private_key: str = field(repr=False)
+
+
+@dataclass
+class FlowContext:
+    """What every flow of a run shares: endpoints, pooled connections, executor, clock, sink."""
+
+    endpoints: Endpoints
+    session: aiohttp.ClientSession
+    w3: Any
+    executor: Executor | None
+    emit: Emit
+    clock: Clock = field(default_factory=Clock)
+    settings: FlowSettings = field(default_factory=FlowSettings)
+    run_id: str = ""
+    _contracts: dict[str, Any] = field(default_factory=dict)
+
+    def contract(self, name: str) -> Any:
+        if name not in self._contracts:
+            address = self.endpoints.contracts[name]
+            self._contracts[name] = chain.contract(self.w3, name, address)
+        return self._contracts[name]
+
+    async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs CPU-bound crypto off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+
+@dataclass
+class FlowRecord:
+    """The outcome being built while the flow runs; becomes the `kind: "flow"` event."""
+
+    flow_id: int
+    user: int
+    address: str
+    data_size: str
+    nbytes: int
+    t: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+    ids: dict[str, Any] = field(default_factory=dict)
+    current: str | None = None
+    deadline_ns: int = 0
+    result: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FlowRun:
+    """Runs the thirteen steps for one wallet; one instance per flow."""
+
+    def __init__(self, ctx: FlowContext, record: FlowRecord, wallet: Wallet):
+        self.ctx, self.rec, self.wallet = ctx, record, wallet
+
+    def _base(self) -> dict[str, Any]:
+        r = self.rec
+        return {
+            "run_id": self.ctx.run_id,
+            "flow_id": r.flow_id,
+            "user": r.user,
+            "address": r.address,
+        }
+
+    @asynccontextmanager
+    async def step(self, name: str):
+        """Times one step and emits its event; failures become FlowError with a class."""
+        self.rec.current = name
+        attempts = [1]
+        t0, start_ns, error, error_class = self.ctx.clock.now(), time.perf_counter_ns(), None, None
+        try:
+            yield attempts
+        except FlowError as e:
+            error, error_class = str(e), e.error_class
+            raise
+        except asyncio.CancelledError:
+            # The flow's own deadline cancels the step too: that is a timeout, not a cancel.
+            timed_out = time.perf_counter_ns() >= self.rec.deadline_ns
+            error, error_class = (
+                ("flow timeout", "timeout") if timed_out else ("cancelled", "cancelled")
+            )
+            raise
+        except TimeoutError as e:
+            error, error_class = f"timeout in {name}", "timeout"
+            raise FlowError("timeout", f"timeout in {name}") from e
+        except Exception as e:  # any other failure is classified by the step it happened in
+            error, error_class = _describe(e), classify(name, e)
+            raise FlowError(error_class, error) from e
+        finally:
+            duration = (time.perf_counter_ns() - start_ns) / 1e9
+            if error is None:
+                self.rec.steps[name] = duration
+            self.ctx.emit(
+                {
+                    "kind": "step",
+                    **self._base(),
+                    "step": name,
+                    "t": round(t0, 6),
+                    "duration_s": round(duration, 6),
+                    "ok": error is None,
+                    "error": error,
+                    "error_class": error_class,
+                    "attempts": attempts[0],
+                    "wall": time.time(),
+                    **{k: v for k, v in self.rec.ids.items() if v is not None},
+                }
+            )
+
+    async def run(self, data: bytes) -> None:
+        ctx, w = self.ctx, self.wallet
+        ep, s = ctx.endpoints, ctx.settings
+        async with self.step("derive_key"):
+            password = await ctx.cpu(crypto.encryption_key, w.private_key)
+        async with self.step("encrypt"):
+            blob = await ctx.cpu(crypto.encrypt_file, data, password)
+        async with self.step("upload_file"):
+            file_url = await self.upload(blob, "data.pgp")
+        async with self.step("resolve_grantee"):
+            grantee = (
+                await ctx.contract("DataPortabilityGrantees")
+                .functions.grantees(ep.grantee_id)
+                .call()
+            )
+            grantee_address = _grantee_address(grantee)
+        async with self.step("upload_grant"):
+            grant = {
+                "grantee": grantee_address,
+                "operation": "llm_inference",
+                "parameters": {"prompt": s.prompt, "response_format": {"type": "json_object"}},
+            }
+            grant_url = await self.upload(json.dumps(grant).encode(), "grant.json")
+        async with self.step("server_identity"):
+            identity = await self.get_json(
+                f"{ep.personal_server_url}/identity", params={"address": w.address}
+            )
+            server = identity["personal_server"]
+            server_key = _uncompressed(server["public_key"])
+        async with self.step("share_key"):
+            shared_key = await ctx.cpu(crypto.ecies_encrypt, server_key, password.encode())
+        async with self.step("read_nonce"):
+            nonce = (
+                await ctx.contract("DataPortabilityPermissions")
+                .functions.userNonce(w.address)
+                .call()
+            )
+        async with self.step("sign_permission"):
+            message = {
+                "nonce": nonce,
+                "granteeId": ep.grantee_id,
+                "grant": grant_url,
+                "fileUrls": [file_url],
+                "schemaIds": [s.schema_id],
+                "serverAddress": server["address"],
+                "serverUrl": ep.personal_server_url,
+                "serverPublicKey": server_key,
+                "filePermissions": [[{"account": server["address"], "key": shared_key}]],
+            }
+            typed = permission.typed_data(
+                ep.chain_id, ep.contracts["DataPortabilityPermissions"], message
+            )
+            signature = await ctx.cpu(permission.sign, w.private_key, typed)
+        async with self.step("relay"):  # never retried: a relayed tx is not idempotent
+            body = {"typedData": typed, "signature": signature, "expectedUserAddress": w.address}
+            answer = await self.post_json(f"{ep.api_url}/api/relay", body)
+            self.rec.ids["tx_hash"] = answer["transactionHash"]
+        async with self.step("confirm"):
+            self.rec.ids["permission_id"] = await self.confirm(answer["transactionHash"])
+        async with self.step("inference_submit") as attempts:
+            submitted = await self.retrying(
+                attempts,
+                lambda: self.post_json(
+                    f"{ep.api_url}/api/trusted-server",
+                    {"permissionId": self.rec.ids["permission_id"]},
+                ),
+            )
+            self.rec.ids["operation_id"] = submitted["data"]["id"]
+        async with self.step("inference_poll") as attempts:
+            self.rec.result = await self.poll(attempts)
+
+    async def upload(self, blob: bytes, name: str) -> str:
+        form = aiohttp.FormData()
+        form.add_field("file", blob, filename=name, content_type="application/octet-stream")
+        answer = await self.request(
+            "POST", f"{self.ctx.endpoints.storage_url}/api/v0/add", data=form
+        )
+        self.rec.extra.setdefault("stored", []).append({"cid": answer["Hash"], "bytes": len(blob)})
+        return f"ipfs://{answer['Hash']}"
+
+    async def confirm(self, tx_hash: str) -> int:
+        s = self.ctx.settings
+        receipt = await chain.wait_receipt(
+            self.ctx.w3, tx_hash, s.receipt_timeout_s, s.receipt_poll_s
+        )
+        if receipt["status"] != 1:
+            raise FlowError("revert", f"transaction {tx_hash} reverted")
+        abi = self.ctx.contract("DataPortabilityPermissions").abi
+        return chain.decode_permission_added(receipt, abi)
+
+    async def poll(self, attempts: list[int]) -> Any:
+        ep, s = self.ctx.endpoints, self.ctx.settings
+        body = {"operationId": self.rec.ids["operation_id"], "chainId": ep.chain_id}
+        while True:
+            answer = await self.retrying(
+                attempts, lambda: self.post_json(f"{ep.api_url}/api/trusted-server/poll", body)
+            )
+            data = answer.get("data") or {}
+            status = data.get("status")
+            if status == "succeeded":
+                return data.get("result")
+            if status not in RUNNING:
+                raise FlowError("inference", f"operation ended {status}: {_short(data)}")
+            await asyncio.sleep(s.poll_interval_s)
+
+    async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
+        """Retries network errors, timeouts and 5xx with capped exponential backoff, full jitter."""
+        s = self.ctx.settings
+        for attempt in range(1, s.retry_attempts + 1):
+            try:
+                return await call()
+            except (aiohttp.ClientConnectionError, TimeoutError, HttpStatusError) as e:
+                transient = not isinstance(e, HttpStatusError) or e.status in TRANSIENT_HTTP
+                if not transient or attempt == s.retry_attempts:
+                    raise
+                attempts[0] += 1
+                await asyncio.sleep(
+                    random.uniform(0, min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1)))
+                )
+        raise AssertionError("unreachable")
+
+    async def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
+        return await self.request("GET", url, params=params)
+
+    async def post_json(self, url: str, body: Any) -> Any:
+        return await self.request("POST", url, json=body)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
+        async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
+                body = (await resp.text(errors="replace"))[:200]
+            if resp.status >= 400:
+                raise HttpStatusError(resp.status, body)
+            if isinstance(body, dict) and body.get("success") is False:
+                raise HttpStatusError(resp.status, body)
+            return body
+
+
+async def run_flow(
+    ctx: FlowContext,
+    wallet: Wallet,
+    data: bytes,
+    *,
+    flow_id: int,
+    data_size: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Runs one flow under the per-flow timeout; emits and returns its `kind: "flow"` event.
+
+    Cancellation (Ctrl-C, the run's deadline) still emits the outcome, as `cancelled`, then
+    propagates, so nothing a run started goes unrecorded.
+    """
+    rec = FlowRecord(
+        flow_id, wallet.index, wallet.address, data_size, len(data), extra=dict(extra or {})
+    )
+    rec.t = ctx.clock.now()
+    start_ns = time.perf_counter_ns()
+    rec.deadline_ns = start_ns + int(ctx.settings.flow_timeout_s * 1e9)
+    flow = FlowRun(ctx, rec, wallet)
+    status, error, error_class = "ok", None, None
+    try:
+        async with asyncio.timeout(ctx.settings.flow_timeout_s):
+            await flow.run(data)
+    except FlowError as e:
+        status, error, error_class = "failed", str(e), e.error_class
+    except TimeoutError:
+        status, error = "failed", f"flow timeout after {ctx.settings.flow_timeout_s:g} s"
+        error_class = "timeout"
+    except asyncio.CancelledError:
+        status, error, error_class = "cancelled", "cancelled", "cancelled"
+        ctx.emit(_outcome(ctx, rec, start_ns, status, error, error_class))
+        raise
+    event = _outcome(ctx, rec, start_ns, status, error, error_class)
+    ctx.emit(event)
+    return event
+
+
+def _outcome(ctx: FlowContext, rec: FlowRecord, start_ns: int, status: str, error, error_class):
+    return {
+        "kind": "flow",
+        "run_id": ctx.run_id,
+        "flow_id": rec.flow_id,
+        "user": rec.user,
+        "address": rec.address,
+        "t": round(rec.t, 6),
+        "duration_s": round((time.perf_counter_ns() - start_ns) / 1e9, 6),
+        "ok": status == "ok",
+        "status": status,
+        "error": error,
+        "error_class": error_class,
+        "failed_step": None if status == "ok" else rec.current,
+        "data_size": rec.data_size,
+        "bytes": rec.nbytes,
+        "tx_hash": rec.ids.get("tx_hash"),
+        "permission_id": rec.ids.get("permission_id"),
+        "operation_id": rec.ids.get("operation_id"),
+        "result": rec.result if status == "ok" else None,
+        "steps": {k: round(v, 6) for k, v in rec.steps.items()},
+        "wall": time.time(),
+        **rec.extra,
+    }
+
+
+def classify(step: str, exc: BaseException) -> str:
+    """Names the failure class of an exception raised inside `step`."""
+    if isinstance(exc, chain.ReceiptTimeout):
+        return "timeout"
+    if isinstance(exc, HttpStatusError):
+        text = str(exc.body).lower()
+        if step == "relay":
+            if "nonce" in text:
+                return "nonce"
+            if exc.status in (409, 422) or "revert" in text:
+                return "revert"
+            return "relay"
+        return STEP_CLASS.get(step, "http")
+    return STEP_CLASS.get(step, "internal")
+
+
+def _grantee_address(grantee: Any) -> str:
+    # web3 returns the struct as a tuple (owner, granteeAddress, publicKey, permissionIds)
+    return grantee["granteeAddress"] if isinstance(grantee, dict) else grantee[1]
+
+
+def _uncompressed(public_key: str) -> str:
+    """Servers may answer the 64 raw bytes; the client adds the `04` prefix."""
+    raw = public_key.removeprefix("0x")
+    return "0x" + ("04" + raw if len(raw) == 128 else raw)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@asynccontextmanager
+async def flow_context(
+    endpoints: Endpoints,
+    emit: Emit,
+    settings: FlowSettings | None = None,
+    *,
+    run_id: str = "",
+    clock: Clock | None = None,
+    max_connections: int = 200,
+    crypto_threads: int | None = None,
+):
+    """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
+
+    Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
+    GIL on large buffers, and the signatures are sub-millisecond.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings or FlowSettings()
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
+    executor = ThreadPoolExecutor(max_workers=crypto_threads or 2, thread_name_prefix="crypto")
+    w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield FlowContext(
+                endpoints, session, w3, executor, emit, clock or Clock(), settings, run_id
+            )
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        await chain.close_web3(w3)

@@ -1,0 +1,105 @@
+"""What the notebooks call: setup, result display, the verdict gate, and `make run`'s wrapper."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.profiles import PROJECT_ROOT
+
+
+def setup_notebook() -> None:
+    """Inline figures; nest_asyncio so the library's sync wrappers work inside Jupyter's loop."""
+    import nest_asyncio
+
+    nest_asyncio.apply()
+
+
+def show_results(results_dir: str | Path) -> dict[str, Any]:
+    """Displays the milestone's output sections, criteria table, figures and verdict."""
+    from IPython.display import HTML, Image, Markdown, display
+
+    from workbench import report
+
+    results_dir = Path(results_dir)
+    summary = json.loads((results_dir / "summary.json").read_text(encoding="utf-8"))
+    display(Markdown(f"```\n{report.console_text(results_dir)}\n```"))
+    display(HTML(report.criteria_table_html(summary["criteria"])))
+    for png in sorted((results_dir / "figures").glob("*.png")):
+        display(Image(filename=str(png)))
+    display(
+        Markdown(f"**Verdict: {summary['verdict']}** — report: `{results_dir / 'report.html'}`")
+    )
+    return summary
+
+
+class CriteriaFailed(AssertionError):
+    """Raised (so papermill exits non-zero) when asked to fail on a FAILED verdict."""
+
+
+def enforce_verdict(summary: dict[str, Any], fail_on_criteria: bool) -> None:
+    if fail_on_criteria and summary["verdict"] != "PASSED":
+        failed = [r["label"] for r in summary["criteria"] if r["status"] == "FAIL"]
+        raise CriteriaFailed(f"verdict {summary['verdict']}: failed {', '.join(failed)}")
+
+
+def show_capacity(results_dir: str | Path) -> Any:
+    """Plots throughput and p95 against users with the knee marked; returns the curve."""
+    from IPython.display import display
+
+    from workbench import analysis, plots
+
+    results = analysis.load_results(results_dir)
+    curve = analysis.capacity_curve(results)
+    display(curve)
+    fig = plots.capacity_curve(curve, analysis.knee(curve))
+    fig.savefig(Path(results_dir) / "figures" / "capacity_curve.png", dpi=110)
+    display(fig)
+    return curve
+
+
+def notebook_command(args: Namespace) -> int:
+    """Executes a notebook with papermill into its results dir and prints where the report is."""
+    import papermill as pm
+
+    from workbench.config import RunConfig
+
+    params: dict[str, Any] = {k: _literal(v) for k, v in args.param}
+    for key in ("users", "profile", "output_dir"):
+        if getattr(args, key, None) is not None:
+            params[key] = getattr(args, key)
+    run_id = params.get("run_id") or RunConfig.new_run_id(
+        params.get("shape", "nb"), params.get("users", 0)
+    )
+    params["run_id"] = run_id
+    out_dir = Path(params.get("output_dir", "outputs")) / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
+    print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
+    pm.execute_notebook(
+        str(notebook),
+        str(out_dir / notebook.name),
+        parameters=params,
+        cwd=str(PROJECT_ROOT),
+        progress_bar=True,
+    )
+    report = out_dir / "report.html"
+    summary = (
+        json.loads((out_dir / "summary.json").read_text())
+        if (out_dir / "summary.json").exists()
+        else {}
+    )
+    print(f"📄 Report: {report}  verdict: {summary.get('verdict', '?')}")
+    return 0
+
+
+def _literal(text: str) -> Any:
+    """`-p users 25` gives 25, `-p profile fast` gives 'fast' (as papermill's CLI does)."""
+    import yaml
+
+    return yaml.safe_load(text)

@@ -1,0 +1,365 @@
+"""Runs a load shape of concurrent flows and writes the results dir as it goes.
+
+One asyncio task per flow, all on one event loop, sharing pooled connections. Everything is
+appended to `outputs/<run-id>/` while it happens (events flushed per event, samples per tick),
+so a run that dies still leaves analysable data; on Ctrl-C in-flight flows are recorded as
+cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import random
+import sys
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+import workbench
+from workbench import shapes, wallets
+from workbench.config import RunConfig
+from workbench.events import Clock, EventWriter
+from workbench.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
+from workbench.profiles import load_profile
+from workbench.target import Target
+
+PER_USER_LINES_MAX = 100  # beyond this many users, print only failures per user
+
+
+@dataclass
+class RunOutcome:
+    results_dir: Path
+    flows: int = 0
+    ok: int = 0
+    reason: str = "completed"
+    wallets: list[str] = field(default_factory=list, repr=False)  # keys, for the secret guard
+
+
+class Console:
+    """The run's human output: setup lines as in the milestone, a progress bar, per-user lines."""
+
+    def __init__(self, out: TextIO, users: int, progress: bool):
+        self.out, self.users, self.progress = out, users, progress
+        self.bar: tqdm | None = None
+        self.ok = 0
+
+    def say(self, line: str) -> None:
+        (self.bar.write if self.bar else print)(line, file=self.out)
+
+    def start_bar(self, total: int | None) -> None:
+        if self.progress:
+            self.bar = tqdm(total=total, desc="flows", unit="flow", file=self.out, mininterval=0.5)
+
+    def flow_done(self, event: dict[str, Any]) -> None:
+        self.ok += bool(event["ok"])
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(ok=self.ok, refresh=False)
+        if event["ok"] and self.users > PER_USER_LINES_MAX:
+            return
+        self.say(user_line(event))
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+            self.bar = None
+
+
+def user_line(event: dict[str, Any]) -> str:
+    """`[User 03] ✅ Flow completed in 43.8s`, as the milestone's expected output."""
+    who = f"[User {event['user'] + 1:02d}]"
+    if event["ok"]:
+        return f"  {who} ✅ Flow completed in {event['duration_s']:.1f}s"
+    where = event.get("failed_step") or "?"
+    return f"  {who} ❌ Flow {event['status']} at {where} ({event.get('error_class')}) after {event['duration_s']:.1f}s"
+
+
+class Runner:
+    """Drives one run: target, wallets, sampler, the shape's flows, the results dir."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        target: Target | None = None,
+        *,
+        progress: bool = True,
+        out: TextIO | None = None,
+    ):
+        self.cfg, self.target = config, target
+        self.profile = load_profile(config.profile)
+        self.dir = config.results_dir()
+        self.console = Console(out or sys.stdout, config.users, progress)
+        self.clock = Clock()
+        self.rng = random.Random(config.seed)
+        self.writer: EventWriter | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.free: asyncio.Queue[Wallet] = asyncio.Queue()
+        self.next_flow_id = 0
+        self.outcome = RunOutcome(self.dir)
+
+    async def execute(self) -> RunOutcome:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = EventWriter(self.dir / "events.jsonl")
+        reason = "completed"
+        try:
+            async with AsyncExitStack() as stack:
+                target = await self._target(stack)
+                ws = await self._wallets(target)
+                self._write_config(target, ws)
+                await stack.enter_async_context(self._sampler(target))
+                settings = FlowSettings.from_profile(
+                    self.profile,
+                    flow_timeout_s=self.cfg.flow_timeout_s,
+                    prompt=self.cfg.inference_prompt,
+                )
+                ctx = await stack.enter_async_context(
+                    flow_context(
+                        target.endpoints,
+                        self._emit,
+                        settings,
+                        run_id=self.cfg.run_id,
+                        clock=self.clock,
+                        max_connections=self.cfg.max_connections,
+                    )
+                )
+                self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
+                await self._drive(ctx, ws)
+        except asyncio.CancelledError:
+            reason = "interrupted"
+            raise
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            raise
+        except BaseException as e:
+            reason = f"error: {type(e).__name__}"
+            raise
+        finally:
+            await self._cancel_inflight()
+            self.console.close()
+            self._mark("end", reason=reason, flows=self.outcome.flows, ok=self.outcome.ok)
+            self.writer.sync()
+            self.writer.close()
+            self.outcome.reason = reason
+        return self.outcome
+
+    async def _target(self, stack: AsyncExitStack) -> Target:
+        if self.target is not None:
+            return self.target
+        if self.cfg.target != "local":
+            from workbench.target import load_target
+
+            return load_target(self.cfg.target)
+        from workbench.stack.local import LocalStack
+
+        self.console.say("📡 Starting local stack (anvil, storage, API server, personal server)...")
+        local = await stack.enter_async_context(
+            LocalStack(self.profile, workdir=self.dir / "stack")
+        )
+        api_port = local.endpoints.api_url.rsplit(":", 1)[-1]
+        self.console.say(f"✅ API server ready on port {api_port}")
+        return local.target
+
+    async def _wallets(self, target: Target) -> wallets.WalletSet:
+        n = self.cfg.users
+        self.console.say(f"👥 Setting up {n} concurrent users...")
+        ws = wallets.load_or_generate(n)
+        self.outcome.wallets = ws.private_keys()
+        self.console.say(f"✅ {n} test wallets loaded and validated")
+        w3 = _web3(target)
+        try:
+            if target.kind == "local":
+                await wallets.fund(w3, wallets.funder_key(target.funder_key), ws.addresses)
+            await wallets.require_funded(w3, ws.addresses)
+        finally:
+            from workbench.chain import close_web3
+
+            await close_web3(w3)
+        self.console.say("✅ All wallets have sufficient funding")
+        for w in ws.wallets:
+            self.free.put_nowait(w)
+        return ws
+
+    def _sampler(self, target: Target):
+        from workbench.sampler import Sampler
+
+        self.console.say("📊 Starting metrics collection...")
+        ep = target.endpoints
+        gauges = (
+            {
+                "api": f"{ep.api_url}/metrics",
+                "personal": f"{ep.personal_server_url}/metrics",
+                "storage": f"{ep.storage_url}/metrics",
+            }
+            if target.kind == "local"
+            else {}
+        )
+        return Sampler(
+            self.dir / "samples.csv",
+            processes=dict(target.pids or {}),
+            gauges=gauges,
+            rpc_url=ep.rpc_url if target.kind == "local" else None,
+            clock=self.clock,
+        )
+
+    async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
+        shape = shapes.shape_from_config(self.cfg)
+        expected = shape.expected_flows()
+        self.console.say("✅ Resource monitoring active")
+        self.console.say(
+            f"🔄 Launching {self.cfg.users} concurrent E2E flows ({self.cfg.shape})..."
+        )
+        self.console.start_bar(expected)
+        for launch in shape.launches(self.rng):
+            delay = launch.at_s - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._spawn(self._user(ctx, ws, launch))
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _user(self, ctx: FlowContext, ws: wallets.WalletSet, launch: Any) -> None:
+        """One user's flows: one, or repeated until the shape's `repeat_until_s`."""
+        wallet = await self._take_wallet(ws, launch)
+        if wallet is None:
+            return
+        try:
+            while True:
+                await self._one_flow(ctx, wallet, launch)
+                if launch.repeat_until_s is None or self.clock.now() >= launch.repeat_until_s:
+                    return
+        finally:
+            if launch.user is None:
+                self.free.put_nowait(wallet)
+
+    async def _take_wallet(self, ws: wallets.WalletSet, launch: Any) -> Wallet | None:
+        if launch.user is not None:
+            return ws.wallets[launch.user % len(ws.wallets)]
+        try:  # open model: an arrival takes a free wallet and never waits for one
+            return self.free.get_nowait()
+        except asyncio.QueueEmpty:
+            self._emit(
+                {
+                    "kind": "run",
+                    "event": "dropped",
+                    "t": round(self.clock.now(), 6),
+                    "wall": time.time(),
+                    "reason": "no free wallet",
+                }
+            )
+            return None
+
+    async def _one_flow(self, ctx: FlowContext, wallet: Wallet, launch: Any) -> None:
+        flow_id = self.next_flow_id
+        self.next_flow_id += 1
+        size = shapes.data_size_for(self.cfg.data_size, flow_id, self.rng)
+        data = shapes.make_user_data(size, wallet.index, seed=self.cfg.seed + flow_id)
+        extra = {} if launch.step is None else {"stage": launch.step, "stage_users": launch.level}
+        event = await run_flow(ctx, wallet, data, flow_id=flow_id, data_size=size, extra=extra)
+        self.outcome.flows += 1
+        self.outcome.ok += bool(event["ok"])
+        self.console.flow_done(event)
+
+    async def _cancel_inflight(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.writer.write(event)
+
+    def _mark(self, what: str, **facts: Any) -> None:
+        self._emit(
+            {
+                "kind": "run",
+                "event": what,
+                "t": round(self.clock.now(), 6),
+                "wall": time.time(),
+                "run_id": self.cfg.run_id,
+                **facts,
+            }
+        )
+
+    def _write_config(self, target: Target, ws: wallets.WalletSet) -> None:
+        doc = {
+            **self.cfg.to_dict(),
+            "profile_settings": self.profile,
+            "target_kind": target.kind,
+            "endpoints": target.endpoints.to_json(),
+            "wallet_file": str(ws.path),
+            "wallet_addresses": ws.addresses,
+            "inference_backend": "simulated" if target.kind == "local" else "remote",
+            "versions": versions(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (self.dir / "config.json").write_text(
+            json.dumps(doc, indent=2, default=str), encoding="utf-8"
+        )
+
+
+def _web3(target: Target):
+    from workbench.chain import make_web3
+
+    return make_web3(target.endpoints.rpc_url)
+
+
+def versions() -> dict[str, str]:
+    import aiohttp
+    import web3
+
+    return {
+        "workbench": workbench.__version__,
+        "python": platform.python_version(),
+        "web3": web3.__version__,
+        "aiohttp": aiohttp.__version__,
+    }
+
+
+async def run(
+    config: RunConfig,
+    target: Target | None = None,
+    *,
+    progress: bool = True,
+    report: bool = True,
+    out: TextIO | None = None,
+) -> RunOutcome:
+    """Runs `config` and (by default) renders the report; returns where the results are."""
+    outcome = await Runner(config, target, progress=progress, out=out).execute()
+    if report:
+        from workbench.report import render
+
+        render(outcome.results_dir, secrets=outcome.wallets)
+    return outcome
+
+
+def run_command(args: Any) -> int:
+    """`python -m workbench run …`."""
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("func", "command", "params", "no_report") and v is not None
+    }
+    config = (
+        RunConfig.from_yaml(args.params, **overrides)
+        if args.params
+        else RunConfig.from_params(**overrides)
+    )
+    outcome = asyncio.run(run(config, report=not args.no_report))
+    print(f"📁 Results: {outcome.results_dir}")
+    if not args.no_report:
+        summary = json.loads((outcome.results_dir / "summary.json").read_text())
+        print(f"📄 Report: {outcome.results_dir / 'report.html'}  verdict: {summary['verdict']}")
+        if config.fail_on_criteria and summary["verdict"] != "PASSED":
+            return 1
+    return 0

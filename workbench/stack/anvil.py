@@ -1,0 +1,114 @@
+"""The local chain: anvil from npm, its dev keys, and the anvil-only RPC knobs the stack turns."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from eth_account import Account
+from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
+
+from workbench.errors import WorkbenchError
+from workbench.profiles import PROJECT_ROOT
+from workbench.stack.process import spawn
+
+CHAIN_ID = 31337
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+ANVIL_BINARY = PROJECT_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+_RPC_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+def anvil_binary() -> Path:
+    if not ANVIL_BINARY.is_file():
+        raise WorkbenchError("anvil", f"no binary at {ANVIL_BINARY}", "run make setup")
+    return ANVIL_BINARY
+
+
+def start_anvil(
+    port: int, log_path: Path | None = None, accounts: int = 20, *, load_state: Path | None = None
+) -> subprocess.Popen:
+    """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic, mining each tx on arrival."""
+    cmd = [
+        str(anvil_binary()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(CHAIN_ID),
+        "--accounts",
+        str(accounts),
+        "--mnemonic",
+        DEV_MNEMONIC,
+    ]
+    if load_state is not None:
+        cmd += ["--load-state", str(load_state)]
+    return spawn(cmd, log_path=log_path)
+
+
+async def rpc(rpc_url: str, method: str, params: list[Any] | None = None) -> Any:
+    """One JSON-RPC call, for anvil's own methods that web3 does not wrap."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
+    async with (
+        aiohttp.ClientSession(timeout=_RPC_TIMEOUT) as session,
+        session.post(rpc_url, json=body) as resp,
+    ):
+        reply = await resp.json(content_type=None)
+    if "error" in reply:
+        raise RuntimeError(f"{method} failed: {reply['error']}")
+    return reply["result"]
+
+
+async def wait_ready(
+    rpc_url: str, timeout_s: float = 10.0, proc: subprocess.Popen | None = None
+) -> None:
+    """Returns once the node answers `eth_chainId`; fails early if `proc` has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"anvil exited with code {proc.returncode} (port in use? see its log)"
+            )
+        try:
+            await rpc(rpc_url, "eth_chainId")
+            return
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"anvil at {rpc_url} not ready after {timeout_s} s") from None
+            await asyncio.sleep(0.05)
+
+
+async def set_block_time(rpc_url: str, seconds: float) -> None:
+    """Mines a block every `seconds` (whole seconds, as anvil takes them); 0 = automine."""
+    if seconds <= 0:
+        await rpc(rpc_url, "evm_setAutomine", [True])
+    else:
+        # anvil's interval mining replaces automine; its argument is an integer number of seconds.
+        await rpc(rpc_url, "evm_setIntervalMining", [max(1, round(seconds))])
+
+
+async def txpool_pending(rpc_url: str) -> int:
+    """Transactions waiting in anvil's pool (pending + queued are both reported; this is pending)."""
+    status = await rpc(rpc_url, "txpool_status")
+    return int(status["pending"], 16)
+
+
+@functools.cache
+def _dev_seed() -> bytes:
+    return seed_from_mnemonic(DEV_MNEMONIC, "")  # PBKDF2: the slow part, done once
+
+
+@functools.cache
+def dev_key(index: int) -> str:
+    """The `0x` private key of anvil's dev account `index` (m/44'/60'/0'/0/index)."""
+    return "0x" + key_from_seed(_dev_seed(), f"m/44'/60'/0'/0/{index}").hex()
+
+
+@functools.cache
+def dev_address(index: int) -> str:
+    return Account.from_key(dev_key(index)).address

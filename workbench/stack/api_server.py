@@ -1,0 +1,252 @@
+"""The app's API server: relays users' signed permissions and proxies the personal server.
+
+`python -m workbench.stack.api_server`, config (`WORKBENCH_COMPONENT`, JSON):
+  port (0 = any free), rpc_url, chain_id, personal_server_url,
+  contracts {DataPortabilityPermissions: address, ...},
+  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0)},
+  rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
+Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
+
+Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
+  GET  /health, GET /metrics (relayer gauges)
+  GET  /identity?address=0x..          the personal server's answer
+  POST /api/relay                      {"typedData", "signature", "expectedUserAddress"}
+                                       -> {"success": true, "transactionHash"}
+  POST /api/trusted-server             {"permissionId": N} -> {"success": true, "data": {"id"}}
+  POST /api/trusted-server/poll        {"operationId", "chainId"}
+                                       -> {"success": true, "data": {"status", "result"}}
+Status codes: 400 malformed body or foreign domain; 403 signature not from expectedUserAddress;
+409 replayed/pending nonce; 422 the contract would revert otherwise; 404 unknown operation;
+502 the personal server or the RPC failed (504 when it timed out): a downstream fault, not ours.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from eth_utils import is_address, to_checksum_address
+
+from workbench import chain, permission
+from workbench.crypto import personal_sign
+from workbench.errors import WorkbenchError
+from workbench.stack.relayer import Relayer, RelayError
+from workbench.stack.server import (
+    ApiError,
+    component_config,
+    int_field,
+    json_body,
+    make_app,
+    query_arg,
+    run,
+    secrets,
+)
+
+APP_KEY = web.AppKey("api_server", object)
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def operation_request_json(permission_id: int) -> str:
+    """The exact text the app signs (EIP-191) for the personal server: `{"permission_id": 5}`.
+
+    `json.dumps` defaults: one space after the colon, no other whitespace, the id a JSON number.
+    The signature covers these bytes, so the format is pinned here and tested.
+    """
+    return json.dumps({"permission_id": int(permission_id)})
+
+
+class ApiServer:
+    def __init__(self, config: dict[str, Any], app_key: str, relayer_keys: list[str]):
+        self.config = config
+        self.app_key = app_key
+        self.relayer_keys = relayer_keys
+        self.chain_id = int(config["chain_id"])
+        self.permissions_address = to_checksum_address(
+            config["contracts"]["DataPortabilityPermissions"]
+        )
+        self.personal_url = config["personal_server_url"].rstrip("/")
+        self.personal_timeout = aiohttp.ClientTimeout(
+            total=float(config.get("personal_server_timeout_s", DEFAULT_TIMEOUT_S))
+        )
+        self.session: aiohttp.ClientSession | None = None
+        self.relayer: Relayer | None = None
+        self.w3 = None
+
+    def gauges(self) -> dict[str, int]:
+        return self.relayer.gauges() if self.relayer else {}
+
+    # --- lifecycle
+
+    async def start(self, app: web.Application) -> None:
+        self.session = aiohttp.ClientSession(timeout=self.personal_timeout)
+        rpc_timeout = float(self.config.get("rpc_timeout_s", DEFAULT_TIMEOUT_S))
+        self.w3 = chain.make_web3(self.config["rpc_url"], timeout_s=rpc_timeout)
+        actual = await self.w3.eth.chain_id
+        if actual != self.chain_id:
+            raise WorkbenchError(
+                "chain_id", f"rpc_url serves chain {actual}, not {self.chain_id}", "fix the config"
+            )
+        settings = self.config.get("relayer") or {}
+        self.relayer = Relayer(
+            self.w3,
+            self.permissions_address,
+            self.relayer_keys,
+            confirm_poll_s=float(settings.get("confirm_poll_s", 0.25)),
+            fee_ttl_s=float(settings.get("fee_ttl_s", 1.0)),
+        )
+        await self.relayer.start()
+
+    async def stop(self, app: web.Application) -> None:
+        if self.relayer:
+            await self.relayer.close()
+        if self.session:
+            await self.session.close()
+        if self.w3:
+            await chain.close_web3(self.w3)
+
+    # --- routes
+
+    async def identity(self, request: web.Request) -> web.Response:
+        user = _address(query_arg(request, "address"), "address")
+        status, body = await self._personal("GET", "/identity", params={"address": user})
+        if status != 200:
+            raise _downstream(status, body)
+        return web.json_response(body)
+
+    async def relay(self, request: web.Request) -> web.Response:
+        body = await json_body(
+            request, {"typedData": dict, "signature": str, "expectedUserAddress": str}
+        )
+        expected = _address(body["expectedUserAddress"], "expectedUserAddress")
+        try:
+            typed = permission.validate(body["typedData"])
+        except ValueError as e:
+            raise ApiError(400, f"invalid typedData: {e}") from None
+        self._check_domain(typed["domain"])
+        try:
+            signer = permission.recover(typed, body["signature"])
+        except ValueError as e:
+            raise ApiError(400, f"invalid {e}") from None
+        if signer != expected:
+            raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
+        try:
+            tx_hash = await self.relayer.relay(
+                signer, permission.contract_input(typed), body["signature"]
+            )
+        except RelayError as e:
+            raise ApiError(e.status, e.message) from None
+        return web.json_response({"success": True, "transactionHash": tx_hash})
+
+    def _check_domain(self, domain: dict[str, Any]) -> None:
+        """The message must be for our Permissions contract on our chain, or it cannot verify."""
+        if domain["chainId"] != self.chain_id:
+            raise ApiError(
+                400, f"typedData.domain.chainId {domain['chainId']} is not {self.chain_id}"
+            )
+        if domain["verifyingContract"] != self.permissions_address:
+            raise ApiError(
+                400,
+                f"typedData.domain.verifyingContract {domain['verifyingContract']} is not "
+                f"the Permissions contract {self.permissions_address}",
+            )
+
+    async def submit_operation(self, request: web.Request) -> web.Response:
+        body = await json_body(request, {})
+        permission_id = int_field(body, "permissionId", minimum=1)
+        text = operation_request_json(permission_id)
+        payload = {
+            "app_signature": personal_sign(self.app_key, text),
+            "operation_request_json": text,
+        }
+        status, answer = await self._personal("POST", "/operations", json=payload)
+        if status not in (200, 201, 202) or not isinstance(answer.get("id"), str):
+            raise _downstream(status, answer)
+        return web.json_response({"success": True, "data": {"id": answer["id"]}})
+
+    async def poll_operation(self, request: web.Request) -> web.Response:
+        body = await json_body(request, {"operationId": str})
+        chain_id = int_field(body, "chainId")
+        if chain_id != self.chain_id:
+            raise ApiError(400, f"chainId {chain_id} is not {self.chain_id}")
+        op_id = body["operationId"]
+        if not op_id or len(op_id) > 200:
+            raise ApiError(400, "field 'operationId' must be 1..200 characters")
+        path = f"/operations/{urllib.parse.quote(op_id, safe='')}"
+        status, answer = await self._personal("GET", path)
+        if status == 404:
+            raise ApiError(404, f"no operation {op_id[:80]!r}")
+        if status != 200 or "status" not in answer:
+            raise _downstream(status, answer)
+        data = {"status": answer["status"], "result": answer.get("result")}
+        return web.json_response({"success": True, "data": data})
+
+    async def _personal(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict]:
+        """One call to the personal server: (status, JSON object); transport faults -> 502/504."""
+        url = self.personal_url + path
+        try:
+            async with self.session.request(method, url, **kwargs) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+                return resp.status, answer if isinstance(answer, dict) else {}
+        except TimeoutError:
+            limit = self.personal_timeout.total
+            raise ApiError(504, f"personal server timed out after {limit:g} s") from None
+        except aiohttp.ClientError as e:
+            raise ApiError(502, f"personal server unreachable: {type(e).__name__}: {e}") from None
+
+
+def _address(value: str, name: str) -> str:
+    if not value.startswith("0x") or not is_address(value):
+        raise ApiError(400, f"field '{name}' must be a 0x-prefixed 20-byte address")
+    return to_checksum_address(value)
+
+
+def _downstream(status: int, body: dict) -> ApiError:
+    detail = body.get("error") or "unexpected answer"
+    return ApiError(502, f"personal server answered {status}: {str(detail)[:300]}")
+
+
+def _secrets(values: dict[str, Any]) -> tuple[str, list[str]]:
+    app_key, relayer_keys = values.get("app_key"), values.get("relayer_keys")
+    if not isinstance(app_key, str) or not app_key:
+        raise WorkbenchError("WORKBENCH_SECRETS.app_key", "missing", "pass the app's private key")
+    if not isinstance(relayer_keys, list) or not relayer_keys:
+        raise WorkbenchError(
+            "WORKBENCH_SECRETS.relayer_keys", "missing or empty", "pass a list of funded keys"
+        )
+    return app_key, relayer_keys
+
+
+def build_app(config: dict[str, Any], app_key: str, relayer_keys: list[str]) -> web.Application:
+    for key in ("rpc_url", "chain_id", "personal_server_url", "contracts"):
+        if not config.get(key):
+            raise WorkbenchError(f"api_server.{key}", "missing", "set it in the component config")
+    if not config["contracts"].get("DataPortabilityPermissions"):
+        raise WorkbenchError(
+            "api_server.contracts.DataPortabilityPermissions", "missing", "pass its address"
+        )
+    server = ApiServer(config, app_key, relayer_keys)
+    app = make_app(server.gauges)
+    app[APP_KEY] = server
+    app.on_startup.append(server.start)
+    app.on_cleanup.append(server.stop)
+    app.router.add_get("/identity", server.identity)
+    app.router.add_post("/api/relay", server.relay)
+    app.router.add_post("/api/trusted-server", server.submit_operation)
+    app.router.add_post("/api/trusted-server/poll", server.poll_operation)
+    return app
+
+
+def main() -> None:
+    config = component_config()
+    app_key, relayer_keys = _secrets(secrets())
+    run(build_app(config, app_key, relayer_keys), int(config.get("port", 0)))
+
+
+if __name__ == "__main__":
+    main()

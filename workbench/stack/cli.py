@@ -1,0 +1,80 @@
+"""`stack up`: starts the local stack, prints its endpoints, runs until SIGINT/SIGTERM.
+
+With `--json` it prints exactly one line, the endpoints as `Endpoints.to_json()`, for scripts
+and other-language clients; otherwise an aligned listing for a person. Wired by the lead into
+`python -m workbench stack up`; also `python -m workbench.stack.cli up [--profile P] [--json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.stack.local import LocalStack
+
+
+def stack_up(profile: str, json_out: bool) -> int:
+    """Runs a stack until SIGINT/SIGTERM; 0 after a clean stop, 2 on a user-fixable error."""
+    stop = threading.Event()
+    previous = _on_signals(lambda *_: stop.set())  # we own the main thread here: handlers are ours
+    try:
+        stack = LocalStack(profile)
+        with stack:
+            if stop.is_set():  # a signal arrived while starting
+                return 0
+            print(_render(stack, json_out), flush=True)
+            while not stop.wait(0.5):  # a timeout keeps the main thread responsive to signals
+                pass
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _restore(previous)
+    if not json_out:
+        print("stack stopped", flush=True)
+    return 0
+
+
+def _on_signals(handler: Any) -> dict[int, Any]:
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _render(stack: LocalStack, json_out: bool) -> str:
+    endpoints = stack.endpoints.to_json()
+    if json_out:
+        return json.dumps(endpoints)
+    rows = [(k, v) for k, v in endpoints.items() if k != "contracts"]
+    rows += list(endpoints["contracts"].items())
+    rows += [("logs", str(stack.logs_dir)), ("started in", f"{stack.startup_s:.2f} s")]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"local stack up (profile {stack.profile.get('name', '?')})"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append("Ctrl-C to stop")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench.stack.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the local stack and keep it running")
+    up.add_argument("--profile", default="fast", help="fast | moksha | a profile YAML path")
+    up.add_argument("--json", action="store_true", help="print one JSON line of endpoints")
+    args = parser.parse_args(argv)
+    return stack_up(args.profile, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The embedded system under test: anvil, the contracts, storage, personal server, API server.
+
+    with LocalStack("fast") as stack:            # or: async with LocalStack("fast") as stack:
+        stack.endpoints.api_url
+
+Each component is its own OS process on 127.0.0.1, its output in `<workdir>/logs/<name>.log`.
+
+Who forks matters. The kernel's parent-death signal (PR_SET_PDEATHSIG) fires when the *thread*
+that forked a child ends, not the process. So every child is forked by the stack's own spawner
+threads, which live exactly as long as the stack: a caller's short-lived helper thread or
+asyncio's default executor (shut down at the end of `asyncio.run`) would take the children with
+it. When the owning process dies, even by `kill -9`, its threads die and the children get SIGTERM;
+the Python servers also poll their parent (`watch_parent`).
+
+The sync `start()` works inside a running event loop (Jupyter): it runs `astart()` on a helper
+thread with its own loop and waits. We chose that over nest_asyncio because it leaves the
+caller's loop untouched (nest_asyncio patches it for the whole kernel) and the children do not
+depend on the helper thread (see above). Blocking the notebook while the stack starts is intended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from workbench.crypto import public_key_of
+from workbench.errors import WorkbenchError
+from workbench.profiles import load_profile
+from workbench.stack import anvil
+from workbench.stack.components import start_component
+from workbench.stack.deploy import deploy_all
+from workbench.stack.process import free_port
+from workbench.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
+
+log = logging.getLogger("workbench.stack.local")
+
+COMPONENTS = ("anvil", "storage", "personal", "api")  # start order; stopped in reverse
+DEV_ACCOUNTS = 20
+FIRST_RELAYER = 2  # dev accounts: 0 deployer and funder, 1 the app, 2.. relayers
+MAX_RELAYERS = DEV_ACCOUNTS - FIRST_RELAYER
+GRANTEE_ID = 1
+ANVIL_READY_S = 15.0
+COMPONENT_READY_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+class LocalStack:
+    """Starts and stops the local stack; `.endpoints`, `.pids`, `.target`, `.workdir`."""
+
+    def __init__(
+        self,
+        profile: str | dict[str, Any] = "fast",
+        workdir: Path | str | None = None,
+        ports: dict[str, int] | None = None,
+        keep: bool = False,
+    ):
+        self.profile = load_profile(profile) if isinstance(profile, str) else dict(profile)
+        self.relayers = _relayer_count(self.profile)
+        self.ports = dict(ports or {})
+        unknown = sorted(set(self.ports) - set(COMPONENTS))
+        if unknown:
+            raise WorkbenchError("ports", f"unknown components {unknown}", f"use {COMPONENTS}")
+        self.workdir: Path | None = Path(workdir) if workdir is not None else None
+        self._own_workdir = workdir is None
+        self.keep = keep
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.endpoints: Endpoints | None = None
+        self.startup_s: float | None = None
+        self._urls: dict[str, str] = {}  # component -> base URL, filled as each is ready
+        self._spawner: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # --- what callers read
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: self.procs[name].pid for name in COMPONENTS if name in self.procs}
+
+    @property
+    def logs_dir(self) -> Path:
+        return self._workdir() / "logs"
+
+    @property
+    def target(self) -> Target:
+        if self.endpoints is None:
+            raise RuntimeError("the stack is not started")
+        return Target(
+            kind="local",
+            endpoints=self.endpoints,
+            profile=self.profile,
+            funder_key_env=LOCAL_FUNDER_KEY_ENV,
+            pids=self.pids,
+            funder_key=anvil.dev_key(0),
+        )
+
+    # --- starting
+
+    def start(self) -> LocalStack:
+        """Starts the stack and waits for every component's health; stops it all on failure."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.astart())
+        helper = ThreadPoolExecutor(1, thread_name_prefix="stack-start")
+        future = helper.submit(asyncio.run, self.astart())
+        try:
+            return future.result()
+        except BaseException:  # also Ctrl-C while waiting: nothing may outlive a failed start
+            self._stop_all(failed=True)
+            raise
+        finally:
+            helper.shutdown(wait=False)
+
+    async def astart(self) -> LocalStack:
+        t0 = time.perf_counter()
+        self._prepare()
+        try:
+            await self._start_all()
+        except BaseException:
+            self._stop_all(failed=True)  # blocking on purpose: a cancelled task must clean up too
+            raise
+        self.startup_s = time.perf_counter() - t0
+        log.info("local stack up in %.2f s (workdir %s)", self.startup_s, self.workdir)
+        return self
+
+    def _prepare(self) -> None:
+        if self.procs or self._spawner is not None:
+            raise RuntimeError("this LocalStack is already started")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="workbench-stack-"))
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Forks happen on these threads, alive until stop (see the module docstring).
+        self._spawner = ThreadPoolExecutor(len(COMPONENTS), thread_name_prefix="stack-spawner")
+        atexit.register(self._stop_all)
+
+    async def _start_all(self) -> None:
+        """anvil and storage together; deploy; then personal and API server together.
+
+        The personal server's port is chosen up front so the API server can start beside it.
+        Each phase waits for all its starts to settle before raising, so nothing starts after
+        a failure has begun the cleanup.
+        """
+        rpc_url = f"http://127.0.0.1:{self.ports.get('anvil') or free_port()}"
+        storage = asyncio.ensure_future(self._component("storage", self._storage_config()))
+        contracts = await _settle(self._chain(rpc_url), storage, first=True)
+        storage_url = storage.result()
+        personal_port = self.ports.get("personal") or free_port()
+        personal_url = f"http://127.0.0.1:{personal_port}"
+        await _settle(
+            self._component(
+                "personal",
+                self._personal_config(personal_port, rpc_url, storage_url, contracts),
+                {"server_seed": secrets.token_hex(32)},
+            ),
+            self._component(
+                "api", self._api_config(rpc_url, personal_url, contracts), self._api_secrets()
+            ),
+        )
+        block_time = float(self.profile["chain"].get("block_time_s") or 0)
+        if block_time > 0:  # after deployment, which automine makes instant
+            await anvil.set_block_time(rpc_url, block_time)
+        self.endpoints = Endpoints(
+            rpc_url=rpc_url,
+            api_url=self._urls["api"],
+            personal_server_url=self._urls["personal"],
+            storage_url=storage_url,
+            chain_id=anvil.CHAIN_ID,
+            contracts=contracts,
+            grantee_id=GRANTEE_ID,
+        )
+
+    async def _chain(self, rpc_url: str) -> dict[str, str]:
+        port = int(rpc_url.rsplit(":", 1)[1])
+        log_path = self.logs_dir / "anvil.log"
+        proc = await self._spawn("anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS))
+        await anvil.wait_ready(rpc_url, timeout_s=ANVIL_READY_S, proc=proc)
+        app_key = anvil.dev_key(1)
+        return await deploy_all(
+            rpc_url, anvil.dev_key(0), anvil.dev_address(1), public_key_of(app_key)
+        )
+
+    async def _component(
+        self, name: str, config: dict[str, Any], secrets_: dict[str, Any] | None = None
+    ) -> str:
+        module = {"storage": "storage", "personal": "personal_server", "api": "api_server"}[name]
+        log_path = self.logs_dir / f"{name}.log"
+
+        def start() -> subprocess.Popen:
+            proc, url = start_component(
+                f"workbench.stack.{module}", config, secrets_, log_path, COMPONENT_READY_S
+            )
+            self._urls[name] = url
+            return proc
+
+        await self._spawn(name, start)
+        return self._urls[name]
+
+    async def _spawn(self, name: str, start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+        """Runs `start` on a spawner thread; the process is registered there, so a start that
+        finishes after its waiter was cancelled is still stopped by `stop()`."""
+
+        def run() -> subprocess.Popen:
+            proc = start()
+            with self._lock:
+                self.procs[name] = proc
+            return proc
+
+        return await asyncio.get_running_loop().run_in_executor(self._spawner, run)
+
+    # --- configs and secrets of the components
+
+    def _storage_config(self) -> dict[str, Any]:
+        s = self.profile["storage"]
+        return {
+            "port": self.ports.get("storage", 0),
+            "data_dir": str(self._workdir() / "storage"),
+            "max_upload_bytes": int(s.get("max_upload_bytes", 10 * 1024 * 1024)),
+            "upload_latency_ms": list(s.get("upload_latency_ms", [0, 0])),
+        }
+
+    def _personal_config(
+        self, port: int, rpc_url: str, storage_url: str, contracts: dict[str, str]
+    ) -> dict[str, Any]:
+        inference = self.profile["inference"]
+        return {
+            "port": port,
+            "rpc_url": rpc_url,
+            "chain_id": anvil.CHAIN_ID,
+            "storage_url": storage_url,
+            "contracts": contracts,
+            "inference": {
+                "backend": "simulated",
+                "latency_s": list(inference.get("latency_s", [0, 0])),
+                "workers": int(inference.get("workers", 4)),
+            },
+        }
+
+    def _api_config(
+        self, rpc_url: str, personal_url: str, contracts: dict[str, str]
+    ) -> dict[str, Any]:
+        return {
+            "port": self.ports.get("api", 0),
+            "rpc_url": rpc_url,
+            "chain_id": anvil.CHAIN_ID,
+            "contracts": contracts,
+            "personal_server_url": personal_url,
+            **(self.profile.get("api") or {}),  # optional overrides: timeouts, relayer polling
+        }
+
+    def _api_secrets(self) -> dict[str, Any]:
+        keys = [anvil.dev_key(i) for i in range(FIRST_RELAYER, FIRST_RELAYER + self.relayers)]
+        return {"app_key": anvil.dev_key(1), "relayer_keys": keys}
+
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("the stack is not started")
+        return self.workdir
+
+    # --- stopping
+
+    def stop(self) -> None:
+        """Stops every component (SIGTERM, SIGKILL after a grace period) and reaps it."""
+        self._stop_all()
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self._stop_all)
+
+    def _stop_all(self, failed: bool = False) -> None:
+        """Idempotent. After a failed start the workdir stays, for its logs."""
+        with self._lock:
+            procs = [self.procs.pop(n) for n in reversed(COMPONENTS) if n in self.procs]
+            spawner, self._spawner = self._spawner, None
+        _terminate_all(procs)
+        if spawner is not None:
+            # Starts still in flight finish (or fail) first; what they registered is stopped too.
+            spawner.shutdown(wait=True, cancel_futures=True)
+            with self._lock:
+                late = [self.procs.pop(n) for n in reversed(COMPONENTS) if n in self.procs]
+            _terminate_all(late)
+        atexit.unregister(self._stop_all)
+        if failed and self.workdir is not None:
+            log.error("local stack failed to start; logs in %s", self.logs_dir)
+        elif self._own_workdir and not self.keep and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        self.endpoints = None
+        self._urls = {}
+
+    # --- context managers
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalStack:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.astop()
+
+
+def _relayer_count(profile: dict[str, Any]) -> int:
+    count = int((profile.get("relayer") or {}).get("accounts", 1))
+    if not 1 <= count <= MAX_RELAYERS:
+        raise WorkbenchError(
+            "profile.relayer.accounts",
+            f"{count} is outside 1..{MAX_RELAYERS} (anvil has {DEV_ACCOUNTS} dev accounts)",
+            f"use at most {MAX_RELAYERS} relayers",
+        )
+    return count
+
+
+def _terminate_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to all at once (they stop in parallel), then wait, SIGKILL stragglers, reap."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _settle(*aws: Any, first: bool = False) -> Any:
+    """Awaits all of `aws` even if one fails, then raises the first failure.
+
+    Returns the results (or only the first one's, with `first`)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results[0] if first else results

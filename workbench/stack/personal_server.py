@@ -1,0 +1,462 @@
+"""The personal server: decrypts a user's files for a permitted app and runs inference on them.
+
+`python -m workbench.stack.personal_server`, config (`WORKBENCH_COMPONENT`, JSON):
+  port (0 = any free), rpc_url, chain_id, storage_url,
+  contracts {DataPortabilityPermissions, DataPortabilityGrantees, DataRegistry: address},
+  inference {backend: simulated|openai, latency_s: [lo, hi], workers, max_queue (0 = unbounded),
+             openai: {base_url, model, api_key_env, timeout_s}},
+  decrypt_workers (threads, default 2), fetch_timeout_s (default 30), seed (latency RNG).
+Secrets (`WORKBENCH_SECRETS`): server_seed (hex). Each user gets their own server key,
+keccak256(seed || user address) as a secp256k1 scalar, so users cannot read each other's files.
+
+Routes:
+  GET  /identity?address=0x..  the server address and public key for that user
+  POST /operations             {"app_signature", "operation_request_json": "{\"permission_id\": N}"}
+                               -> 202 {"kind": "OperationCreated", "id", "status", ...}
+  GET  /operations/{id}        {"kind": "OperationStatus", "id", "status", "result", ...}
+Gauges: submitted, queue_depth, in_flight, done (succeeded), failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from coincurve import PrivateKey
+from eth_utils import is_address, keccak, to_checksum_address
+from web3.exceptions import ContractLogicError, Web3RPCError
+
+from workbench import chain
+from workbench.crypto import decrypt_file, ecies_decrypt, recover_personal
+from workbench.errors import WorkbenchError
+from workbench.stack.inference import Backend, make_backend
+from workbench.stack.server import (
+    ApiError,
+    component_config,
+    int_field,
+    json_body,
+    make_app,
+    query_arg,
+    run,
+    secrets,
+)
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SERVER_KEY = web.AppKey("personal_server", object)
+OPERATION_KIND = "llm_inference"
+log = logging.getLogger("workbench.stack.personal_server")
+
+
+# --- per-user server identities -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    private_key: str = field(repr=False)
+    address: str
+    public_key: str  # uncompressed, 0x04…
+
+
+def user_server_key(seed: bytes, user_address: str) -> str:
+    """keccak256(seed || user address bytes) mapped onto [1, n-1], the valid secp256k1 scalars."""
+    digest = keccak(seed + bytes.fromhex(user_address.removeprefix("0x")))
+    scalar = int.from_bytes(digest, "big") % (SECP256K1_N - 1) + 1
+    return "0x" + scalar.to_bytes(32, "big").hex()
+
+
+class Identities:
+    """The server key of each user, derived on first use and kept (derivation costs ~0.1 ms)."""
+
+    def __init__(self, seed: bytes):
+        self._seed = seed
+        self.for_user = lru_cache(maxsize=100_000)(self._derive)
+
+    def _derive(self, user_address: str) -> ServerIdentity:
+        key = user_server_key(self._seed, user_address)
+        public = PrivateKey(bytes.fromhex(key[2:])).public_key.format(compressed=False)
+        address = to_checksum_address(keccak(public[1:])[-20:])
+        return ServerIdentity(key, address, "0x" + public.hex())
+
+
+def parse_address(text: str, name: str = "address") -> str:
+    if not isinstance(text, str) or not text.startswith("0x") or not is_address(text):
+        raise ApiError(400, f"'{name}' must be a 0x-prefixed 20-byte address")
+    return to_checksum_address(text)
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Operation:
+    id: str
+    permission_id: int
+    grantee: str
+    prompt: str
+    params: dict
+    files: list[bytes] | None  # plaintexts, dropped once inference ran
+    status: str = "starting"
+    result: Any = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def view(self) -> dict[str, Any]:
+        out = {
+            "kind": "OperationStatus",
+            "id": self.id,
+            "permission_id": self.permission_id,
+            "status": self.status,
+            "result": self.result,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class PermissionRecord:
+    grantor: str
+    grantee: str
+    grant_url: str
+    file_ids: tuple[int, ...]
+
+
+def open_sealed_file(server_key: str, sealed_password: str, blob: bytes) -> bytes:
+    """ECIES-opens the file password, then OpenPGP-decrypts the file (CPU: run it in the pool)."""
+    password = ecies_decrypt(server_key, sealed_password).decode("utf-8")
+    return decrypt_file(blob, password)
+
+
+class PersonalServer:
+    """Checks permissions on chain, decrypts files and feeds an inference worker pool."""
+
+    def __init__(self, config: dict[str, Any], seed: bytes):
+        self.config = config
+        self.identities = Identities(seed)
+        inference = config.get("inference") or {}
+        self.workers_n = int(inference.get("workers", 4))
+        self.queue: asyncio.Queue[Operation] = asyncio.Queue(int(inference.get("max_queue") or 0))
+        self.ops: dict[str, Operation] = {}
+        self.by_permission: dict[int, Operation] = {}
+        self.preparing: dict[int, asyncio.Future[Operation]] = {}
+        self.grantee_addresses: dict[int, str] = {}  # grantees never change address: cache
+        self.submitted = self.in_flight = self.done = self.failed = 0
+        self.fetch_timeout = aiohttp.ClientTimeout(total=float(config.get("fetch_timeout_s", 30)))
+        # Threads suffice: workbench.crypto's S2K (nearly all of the cost) runs in hashlib,
+        # which releases the GIL, so decryption neither blocks the loop nor serialises.
+        self.pool = ThreadPoolExecutor(int(config.get("decrypt_workers", 2)), "decrypt")
+        self.workers: list[asyncio.Task] = []
+        self.session: aiohttp.ClientSession | None = None  # both set on startup, inside the loop
+        self.w3 = None
+
+    def gauges(self) -> dict[str, int]:
+        return {
+            "submitted": self.submitted,
+            "queue_depth": self.queue.qsize(),
+            "in_flight": self.in_flight,
+            "done": self.done,
+            "failed": self.failed,
+        }
+
+    # --- lifecycle
+
+    async def start(self, app: web.Application) -> None:
+        self.session = aiohttp.ClientSession()
+        self.w3 = chain.make_web3(self.config["rpc_url"])
+        # web3's validation middleware asks eth_chainId twice per eth_call: 3x the RPC load on
+        # the node under test. We check the chain id once below instead.
+        if "validation" in self.w3.middleware_onion:
+            self.w3.middleware_onion.remove("validation")
+        self.permissions = self._contract("DataPortabilityPermissions")
+        self.grantees = self._contract("DataPortabilityGrantees")
+        self.registry = self._contract("DataRegistry")
+        await self._check_chain_id()
+        rng = random.Random(self.config.get("seed"))
+        self.backend: Backend = make_backend(self.config.get("inference") or {}, self.session, rng)
+        self.workers = [asyncio.create_task(self._work()) for _ in range(self.workers_n)]
+
+    def _contract(self, name: str):
+        address = self.config["contracts"].get(name)
+        if not address:
+            raise WorkbenchError(f"contracts.{name}", "missing", "pass the deployed address")
+        return chain.contract(self.w3, name, address)
+
+    async def _check_chain_id(self) -> None:
+        expected = self.config.get("chain_id")
+        actual = await self.w3.eth.chain_id
+        if expected is not None and int(expected) != actual:
+            raise WorkbenchError(
+                "chain_id",
+                f"rpc_url serves chain {actual}, not {expected}",
+                "point rpc_url at the chain the contracts live on",
+            )
+
+    async def stop(self, app: web.Application) -> None:
+        for task in self.workers:
+            task.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        while not self.queue.empty():
+            self._finish(self.queue.get_nowait(), "canceled", error="server stopped")
+        if self.session:
+            await self.session.close()
+        if self.w3:
+            await chain.close_web3(self.w3)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- routes
+
+    async def identity(self, request: web.Request) -> web.Response:
+        user = parse_address(query_arg(request, "address"))
+        ident = self.identities.for_user(user)
+        return web.json_response(
+            {
+                "kind": "Identity",
+                "user_address": user,
+                "personal_server": {
+                    "kind": "PersonalServer",
+                    "address": ident.address,
+                    "public_key": ident.public_key,
+                },
+            }
+        )
+
+    async def create_operation(self, request: web.Request) -> web.Response:
+        body = await json_body(request, {"app_signature": str, "operation_request_json": str})
+        permission_id = _permission_id(body["operation_request_json"])
+        signer = _signer(body["operation_request_json"], body["app_signature"])
+        op = self.by_permission.get(permission_id)
+        if op is None:  # first submit: authorize on chain, then decrypt and queue once
+            record = await self._permission(permission_id)
+            _require_grantee(signer, record.grantee)
+            op = await self._prepare_once(permission_id, record)
+        else:  # a retried submit gets the same operation, but only for the grantee
+            _require_grantee(signer, op.grantee)
+        return web.json_response(
+            {
+                "kind": "OperationCreated",
+                "id": op.id,
+                "status": op.status,
+                "permission_id": permission_id,
+                "created_at": op.created_at,
+            },
+            status=202,
+        )
+
+    async def get_operation(self, request: web.Request) -> web.Response:
+        op = self.ops.get(request.match_info["id"])
+        if op is None:
+            raise ApiError(404, f"no operation {request.match_info['id'][:80]!r}")
+        return web.json_response(op.view())
+
+    # --- permission checks (chain reads only, no side effects)
+
+    async def _permission(self, permission_id: int) -> PermissionRecord:
+        info = await self._call(self.permissions.functions.permissions(permission_id))
+        perm_id, grantor, _nonce, grantee_id, grant, _start, end_block, file_ids = info
+        if perm_id == 0:
+            raise ApiError(404, f"no permission {permission_id}")
+        if end_block and end_block <= await self.w3.eth.block_number:
+            raise ApiError(403, f"permission {permission_id} was revoked")
+        return PermissionRecord(
+            grantor, await self._grantee_address(grantee_id), grant, tuple(file_ids)
+        )
+
+    async def _grantee_address(self, grantee_id: int) -> str:
+        # grantees(id) also returns the grantee's growing list of permission ids: read it once.
+        if grantee_id not in self.grantee_addresses:
+            info = await self._call(self.grantees.functions.grantees(grantee_id))
+            self.grantee_addresses[grantee_id] = info[1]
+        return self.grantee_addresses[grantee_id]
+
+    async def _call(self, fn) -> Any:
+        try:
+            return await fn.call()
+        except ContractLogicError as e:
+            raise ApiError(404, f"chain refused the read: {e}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
+            raise ApiError(502, f"rpc failed: {type(e).__name__}: {e}") from None
+
+    # --- preparing an operation: grant, files, decryption, queue
+
+    async def _prepare_once(self, permission_id: int, record: PermissionRecord) -> Operation:
+        """Concurrent submits of one permission share a single preparation; a failed one is
+        forgotten so that a retry can succeed."""
+        if self.queue.full():
+            raise ApiError(503, "inference queue is full; retry later")
+        task = self.preparing.get(permission_id)
+        if task is None:
+            task = asyncio.ensure_future(self._prepare(permission_id, record))
+            self.preparing[permission_id] = task
+            task.add_done_callback(lambda t: self._prepared(permission_id, t))
+        return await asyncio.shield(task)
+
+    def _prepared(self, permission_id: int, task: asyncio.Future) -> None:
+        self.preparing.pop(permission_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every requester went away
+
+    async def _prepare(self, permission_id: int, record: PermissionRecord) -> Operation:
+        grant = await self._fetch_grant(record.grant_url)
+        ident = self.identities.for_user(record.grantor)
+        files = await asyncio.gather(
+            *(self._open_file(f, record.grantor, ident) for f in record.file_ids)
+        )
+        params = grant.get("parameters") or {}
+        op = Operation(
+            uuid.uuid4().hex, permission_id, record.grantee, params["prompt"], params, list(files)
+        )
+        try:
+            self.queue.put_nowait(op)
+        except asyncio.QueueFull:
+            raise ApiError(503, "inference queue is full; retry later") from None
+        self.ops[op.id] = op
+        self.by_permission[permission_id] = op
+        self.submitted += 1
+        return op
+
+    async def _fetch_grant(self, url: str) -> dict:
+        try:
+            grant = json.loads(await self._fetch(url))
+        except ValueError:
+            raise ApiError(422, "grant file is not JSON") from None
+        params = grant.get("parameters") if isinstance(grant, dict) else None
+        if not isinstance(params, dict) or not isinstance(params.get("prompt"), str):
+            raise ApiError(422, "grant file has no parameters.prompt")
+        if grant.get("operation", OPERATION_KIND) != OPERATION_KIND:
+            raise ApiError(422, f"grant operation {grant['operation']!r} is not supported")
+        return grant
+
+    async def _open_file(self, file_id: int, grantor: str, ident: ServerIdentity) -> bytes:
+        info = await self._call(self.registry.functions.files(file_id))
+        owner, url = info[1], info[2]
+        if owner != grantor:
+            raise ApiError(403, f"file {file_id} does not belong to the grantor")
+        sealed = await self._call(self.registry.functions.filePermissions(file_id, ident.address))
+        if not sealed:
+            raise ApiError(403, f"file {file_id} grants this server no key")
+        blob = await self._fetch(url)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.pool, open_sealed_file, ident.private_key, sealed, blob
+            )
+        except ValueError as e:  # DecryptionError, bad hex, bad UTF-8 password
+            raise ApiError(422, f"cannot decrypt file {file_id}: {e}") from None
+
+    async def _fetch(self, url: str) -> bytes:
+        """Bytes behind `ipfs://CID` (from our storage gateway) or an http(s) URL."""
+        if url.startswith("ipfs://"):
+            url = f"{self.config['storage_url'].rstrip('/')}/ipfs/{url.removeprefix('ipfs://')}"
+        elif not url.startswith(("http://", "https://")):
+            raise ApiError(422, f"unsupported URL scheme in {url[:80]!r}")
+        try:
+            async with self.session.get(url, timeout=self.fetch_timeout) as resp:
+                if resp.status != 200:
+                    raise ApiError(502, f"storage answered {resp.status} for {url[:120]}")
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise ApiError(502, f"storage unreachable: {type(e).__name__}: {e}") from None
+
+    # --- the inference worker pool
+
+    async def _work(self) -> None:
+        while True:
+            op = await self.queue.get()
+            self.in_flight += 1
+            op.status = "processing"
+            try:
+                result = await self.backend.infer(op.prompt, op.files or [], op.params)
+                self._finish(op, "succeeded", result=result)
+            except asyncio.CancelledError:
+                self._finish(op, "canceled", error="server stopped")
+                raise
+            except Exception as e:
+                log.warning("operation %s failed: %s: %s", op.id, type(e).__name__, e)
+                self._finish(op, "failed", error=f"{type(e).__name__}: {e}")
+            finally:
+                self.in_flight -= 1
+                self.queue.task_done()
+
+    def _finish(self, op: Operation, status: str, result: Any = None, error: str | None = None):
+        op.status, op.result, op.error = status, result, error
+        op.files, op.finished_at = None, time.time()
+        if status == "succeeded":
+            self.done += 1
+        elif status == "failed":
+            self.failed += 1
+
+
+def _permission_id(request_json: str) -> int:
+    try:
+        request = json.loads(request_json)
+    except ValueError:
+        raise ApiError(400, "operation_request_json is not valid JSON") from None
+    if not isinstance(request, dict):
+        raise ApiError(400, "operation_request_json must be a JSON object")
+    return int_field(request, "permission_id", minimum=1)
+
+
+def _signer(message: str, signature: str) -> str:
+    try:
+        return recover_personal(message, signature)
+    except Exception:  # eth-account raises several types for malformed signatures
+        raise ApiError(400, "app_signature is not a valid EIP-191 signature") from None
+
+
+def _require_grantee(signer: str, grantee: str) -> None:
+    if signer.lower() != grantee.lower():
+        raise ApiError(403, "app_signature is not from the permission's grantee")
+
+
+def build_app(config: dict[str, Any], seed: bytes) -> web.Application:
+    for key in ("rpc_url", "storage_url", "contracts"):
+        if not config.get(key):
+            raise WorkbenchError(
+                f"personal_server.{key}", "missing", "set it in the component config"
+            )
+    server = PersonalServer(config, seed)
+    app = make_app(server.gauges)
+    app[SERVER_KEY] = server
+    app.on_startup.append(server.start)
+    app.on_cleanup.append(server.stop)
+    app.router.add_get("/identity", server.identity)
+    app.router.add_post("/operations", server.create_operation)
+    app.router.add_get("/operations/{id}", server.get_operation)
+    return app
+
+
+def server_seed(values: dict[str, Any]) -> bytes:
+    raw = values.get("server_seed")
+    try:
+        seed = bytes.fromhex(str(raw).removeprefix("0x")) if raw else b""
+    except ValueError:
+        seed = b""
+    if len(seed) < 16:
+        raise WorkbenchError(
+            "WORKBENCH_SECRETS.server_seed",
+            "missing or not hex of >= 16 bytes",
+            "pass a random hex seed, e.g. secrets.token_hex(32)",
+        )
+    return seed
+
+
+def main() -> None:
+    config = component_config()
+    run(build_app(config, server_seed(secrets())), int(config.get("port", 0)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The app's relayer: submits users' signed permissions from a pool of funded accounts.
+
+Upstream relayed everything through one account and one nonce: collisions, "replacement
+underpriced", stuck transactions. Here each account has its own `NonceManager` and a lock that
+keeps its sends in nonce order (a failed send never leaves a gap that stalls the rest), and a
+submission goes to the account with the fewest transactions in flight (ties round-robin).
+
+Every submission is simulated first (`eth_estimateGas`), so a replay, a wrong nonce or a bad
+signature is refused as a client error with the contract's revert reason and costs no gas. The
+estimate (x1.2) becomes the gas limit; fees are EIP-1559.
+
+Pending transactions are kept per account by nonce with their full signed parameters, so a stuck
+one can be re-sent with higher fees (`replace`). A background task marks them mined when the
+account's mined nonce count passes them. `start()` takes every account's nonce from the chain's
+`pending` count, so a restarted relayer carries on after its earlier self.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_signature_to_4byte_selector
+from hexbytes import HexBytes
+from web3 import AsyncWeb3
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+
+from workbench.chain import NonceManager
+from workbench.stack import compile as contracts
+
+log = logging.getLogger("workbench.stack.relayer")
+
+GAS_MARGIN = 1.2
+MIN_REPLACEMENT_BUMP = 1.125  # nodes refuse a replacement paying less than +10 % (geth, anvil)
+# Revert reasons that mean "this exact message can never succeed again": a conflict, not a typo.
+CONFLICT_ERRORS = frozenset({"InvalidNonce"})
+# Send errors that mean our idea of the account's nonce is stale.
+STALE_NONCE = ("nonce too low", "replacement transaction underpriced", "already known")
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class RelayError(Exception):
+    """A relay that did not happen; `status` is the HTTP status the API server answers.
+
+    409 the message was already used (replayed nonce, or the same one is still pending),
+    422 the contract would revert for another reason (bad signature, bad input),
+    502/504 the chain's RPC failed or timed out (nothing was sent, or the send's fate is unknown).
+    """
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class PendingTx:
+    """A sent transaction not yet mined: enough to re-send it with higher fees."""
+
+    nonce: int
+    tx: dict[str, Any]  # the signed parameters (to, data, gas, fees, nonce, chainId)
+    hashes: list[str]  # the first and any replacement
+    key: tuple[str, int]  # (user, user nonce): one message in flight per user nonce
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RelayAccount:
+    account: LocalAccount
+    nonces: NonceManager
+    pending: dict[int, PendingTx] = field(default_factory=dict)
+    reserved: int = 0  # submissions chosen this account but not sent yet
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def load(self) -> int:
+        return len(self.pending) + self.reserved
+
+
+class Relayer:
+    """A pool of relayer accounts submitting `addServerFilesAndPermissions` for users."""
+
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        permissions_address: str,
+        keys: list[str],
+        confirm_poll_s: float = 0.25,
+        fee_ttl_s: float = 1.0,
+    ):
+        if not keys:
+            raise ValueError("relayer needs at least one key")
+        self.w3 = w3
+        self.contract = w3.eth.contract(
+            address=AsyncWeb3.to_checksum_address(permissions_address),
+            abi=contracts.abi("DataPortabilityPermissions"),
+        )
+        self.accounts = [self._account(k) for k in keys]
+        self.confirm_poll_s, self.fee_ttl_s = confirm_poll_s, fee_ttl_s
+        self._turn = itertools.count()
+        self._in_flight: set[tuple[str, int]] = set()
+        self._fees: tuple[float, dict[str, int]] | None = None
+        self._chain_id: int | None = None
+        self._confirmer: asyncio.Task | None = None
+        self.relayed = self.relay_errors = self.refused = self.confirmed = self.reverted = 0
+        self.retries = 0
+
+    def _account(self, key: str) -> RelayAccount:
+        account = Account.from_key(key)
+        return RelayAccount(account, NonceManager(self.w3, account.address))
+
+    # --- lifecycle
+
+    async def start(self) -> None:
+        """Nonces from the chain's pending counts (a restart resumes), then the confirm loop."""
+        self._chain_id = await self.w3.eth.chain_id
+        await asyncio.gather(*(a.nonces.resync() for a in self.accounts))
+        self._confirmer = asyncio.create_task(self._confirm_loop())
+
+    async def close(self) -> None:
+        if self._confirmer:
+            self._confirmer.cancel()
+            await asyncio.gather(self._confirmer, return_exceptions=True)
+
+    def gauges(self) -> dict[str, int]:
+        return {
+            "relayer_pending": sum(len(a.pending) for a in self.accounts),
+            "relayer_pending_max": max(len(a.pending) for a in self.accounts),
+            "relayer_accounts": len(self.accounts),
+            "relayed": self.relayed,
+            "relay_errors": self.relay_errors,
+            "relay_refused": self.refused,
+            "relay_retries": self.retries,
+            "confirmed": self.confirmed,
+            "reverted": self.reverted,
+        }
+
+    # --- relaying
+
+    async def relay(self, user: str, contract_input: tuple, signature: str) -> str:
+        """Simulates, then sends `addServerFilesAndPermissions`; returns the tx hash.
+
+        Raises RelayError (see its statuses). The same (user, nonce) is refused while a tx
+        carrying it is pending, since only one can succeed and the other would burn gas.
+        """
+        key = (user.lower(), int(contract_input[0]))
+        if key in self._in_flight:
+            self.refused += 1
+            raise RelayError(409, f"nonce {key[1]} of {user} is already relayed and pending")
+        self._in_flight.add(key)
+        try:
+            data = self.contract.encode_abi(
+                "addServerFilesAndPermissions", args=[contract_input, HexBytes(signature)]
+            )
+            call = {"to": self.contract.address, "data": data}
+            gas, fees = await asyncio.gather(self._simulate(call), self._fee_quote())
+            tx = {**call, "value": 0, "gas": gas, "chainId": self._chain_id, **fees}
+            tx_hash = await self._send_with_retry(tx, key)
+        except BaseException:
+            self._in_flight.discard(key)
+            raise
+        self.relayed += 1
+        return tx_hash
+
+    async def _simulate(self, call: dict[str, Any]) -> int:
+        """Gas for `call` with margin; a revert becomes a 409/422 RelayError with its reason."""
+        try:
+            estimate = await self.w3.eth.estimate_gas({**call, "from": self.accounts[0].address})
+        except ContractLogicError as e:
+            self.refused += 1
+            name, reason = revert_reason(e)
+            status = 409 if name in CONFLICT_ERRORS else 422
+            raise RelayError(status, f"would revert: {reason}") from None
+        except Web3RPCError as e:
+            self.relay_errors += 1
+            raise RelayError(502, f"simulation failed at the RPC: {e}") from None
+        except TRANSPORT_ERRORS as e:
+            self.relay_errors += 1
+            raise RelayError(504, f"simulation: RPC unreachable: {type(e).__name__}: {e}") from None
+        return int(estimate * GAS_MARGIN)
+
+    async def _fee_quote(self) -> dict[str, int]:
+        """EIP-1559 fees, cached briefly: two RPC calls per relay would double the node's load."""
+        now = time.monotonic()
+        if self._fees is None or now - self._fees[0] > self.fee_ttl_s:
+            try:
+                block, tip = await asyncio.gather(
+                    self.w3.eth.get_block("latest"), self.w3.eth.max_priority_fee
+                )
+            except (Web3RPCError, *TRANSPORT_ERRORS) as e:
+                self.relay_errors += 1
+                raise RelayError(502, f"fee quote failed: {type(e).__name__}: {e}") from None
+            # Room for the base fee to double before the tx is priced out.
+            fees = {"maxFeePerGas": 2 * block["baseFeePerGas"] + tip, "maxPriorityFeePerGas": tip}
+            self._fees = (now, fees)
+        return self._fees[1]
+
+    def _pick(self, exclude: RelayAccount | None = None) -> RelayAccount:
+        """The least loaded account; ties go round-robin so equal accounts share the work."""
+        choices = [a for a in self.accounts if a is not exclude] or self.accounts
+        start = next(self._turn) % len(choices)
+        rotated = choices[start:] + choices[:start]
+        return min(rotated, key=lambda a: a.load)
+
+    async def _send_with_retry(self, tx: dict[str, Any], key: tuple[str, int]) -> str:
+        account = self._pick()
+        try:
+            return await self._send(account, tx, key)
+        except StaleNonce:
+            self.retries += 1  # that account is resynced; another one takes this tx
+            try:
+                return await self._send(self._pick(exclude=account), tx, key)
+            except StaleNonce as e:
+                self.relay_errors += 1
+                raise RelayError(502, f"send failed twice on stale nonces: {e}") from None
+
+    async def _send(self, acct: RelayAccount, tx: dict[str, Any], key: tuple[str, int]) -> str:
+        """Signs with the next nonce and sends, holding the account's lock so sends stay in order."""
+        acct.reserved += 1  # counted before waiting for the lock, so concurrent picks spread
+        try:
+            async with acct.lock:
+                try:
+                    nonce = await acct.nonces.next()
+                except (Web3RPCError, *TRANSPORT_ERRORS) as e:
+                    self.relay_errors += 1
+                    raise RelayError(504, f"nonce read failed: {type(e).__name__}: {e}") from None
+                full = {**tx, "nonce": nonce}
+                tx_hash = await self._send_raw(acct, full)
+                acct.pending[nonce] = PendingTx(nonce, full, [tx_hash], key)
+                return tx_hash
+        finally:
+            acct.reserved -= 1
+
+    async def _send_raw(self, acct: RelayAccount, tx: dict[str, Any]) -> str:
+        signed = acct.account.sign_transaction(tx)
+        tx_hash = HexBytes(signed.hash).to_0x_hex()
+        try:
+            await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            return tx_hash
+        except (Web3RPCError, ValueError) as e:
+            message = str(e).lower()
+            await acct.nonces.resync()
+            if "already known" in message:
+                return tx_hash  # this very transaction is in the pool: it was sent
+            if any(s in message for s in STALE_NONCE):
+                raise StaleNonce(message) from None
+            self.relay_errors += 1
+            raise RelayError(502, f"send refused by the node: {e}") from None
+        except TRANSPORT_ERRORS as e:
+            # The node may have taken it: its pending count tells (we hold the account's lock).
+            if await self._was_accepted(acct, tx["nonce"]):
+                return tx_hash
+            self.relay_errors += 1
+            raise RelayError(504, f"send: RPC unreachable: {type(e).__name__}: {e}") from None
+
+    async def _was_accepted(self, acct: RelayAccount, nonce: int) -> bool:
+        try:
+            count = await self.w3.eth.get_transaction_count(acct.account.address, "pending")
+            await acct.nonces.resync()
+        except (Web3RPCError, *TRANSPORT_ERRORS):
+            return False  # unknown: the next send's "nonce too low" resyncs it
+        return count > nonce
+
+    # --- replacing a stuck transaction
+
+    async def replace(self, tx_hash: str, fee_factor: float = MIN_REPLACEMENT_BUMP) -> str:
+        """Re-sends a pending tx with the same nonce and fees x `fee_factor`; the new hash."""
+        acct, pending = self._find(tx_hash)
+        factor = max(fee_factor, MIN_REPLACEMENT_BUMP)
+        tx = dict(pending.tx)
+        for name in ("maxFeePerGas", "maxPriorityFeePerGas"):
+            tx[name] = int(tx[name] * factor) + 1
+        async with acct.lock:
+            new_hash = await self._send_raw(acct, tx)
+        pending.tx = tx
+        pending.hashes.append(new_hash)
+        return new_hash
+
+    def _find(self, tx_hash: str) -> tuple[RelayAccount, PendingTx]:
+        for acct in self.accounts:
+            for pending in acct.pending.values():
+                if tx_hash.lower() in (h.lower() for h in pending.hashes):
+                    return acct, pending
+        raise KeyError(f"{tx_hash} is not pending here")
+
+    # --- confirming
+
+    async def _confirm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.confirm_poll_s)
+            busy = [a for a in self.accounts if a.pending]
+            results = await asyncio.gather(
+                *(self._confirm(a) for a in busy), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, Exception):
+                    log.warning("confirming failed: %s: %s", type(result).__name__, result)
+
+    async def _confirm(self, acct: RelayAccount) -> None:
+        """Drops the account's txs whose nonce is mined: one RPC call per busy account per tick."""
+        mined = await self.w3.eth.get_transaction_count(acct.account.address, "latest")
+        for nonce in sorted(n for n in acct.pending if n < mined):
+            pending = acct.pending.pop(nonce)
+            self._in_flight.discard(pending.key)
+            status = await self._status(pending)
+            self.confirmed += 1
+            if status == 0:
+                self.reverted += 1
+                log.warning("relayed tx %s reverted on chain", pending.hashes[-1])
+
+    async def _status(self, pending: PendingTx) -> int | None:
+        """The receipt status of whichever of its hashes was mined (None if not found)."""
+        for tx_hash in reversed(pending.hashes):
+            try:
+                return (await self.w3.eth.get_transaction_receipt(tx_hash))["status"]
+            except TransactionNotFound:
+                continue
+        return None
+
+
+class StaleNonce(Exception):
+    """The node says the account's nonce moved on; the account was resynced."""
+
+
+# --- revert reasons -----------------------------------------------------------------------------
+
+_ERRORS: dict[bytes, dict[str, Any]] | None = None
+
+
+def _error_abis() -> dict[bytes, dict[str, Any]]:
+    global _ERRORS
+    if _ERRORS is None:
+        _ERRORS = {}
+        for name in contracts.CONTRACT_NAMES:
+            for item in contracts.abi(name):
+                if item.get("type") == "error":
+                    types = ",".join(i["type"] for i in item["inputs"])
+                    _ERRORS[function_signature_to_4byte_selector(f"{item['name']}({types})")] = item
+    return _ERRORS
+
+
+def revert_reason(error: ContractLogicError) -> tuple[str | None, str]:
+    """(custom error name or None, readable reason), e.g. ("InvalidNonce", "InvalidNonce(
+    expectedNonce=1, providedNonce=0)"), decoded with the workbench's contract ABIs."""
+    data = error.data if isinstance(error.data, str) else None
+    if data:
+        raw = HexBytes(data)
+        item = _error_abis().get(bytes(raw[:4]))
+        if item is not None:
+            try:
+                values = abi_decode([i["type"] for i in item["inputs"]], bytes(raw[4:]))
+            except Exception:  # undecodable arguments: the name alone still helps
+                return item["name"], item["name"]
+            args = ", ".join(
+                f"{i['name']}={_show(v)}" for i, v in zip(item["inputs"], values, strict=True)
+            )
+            return item["name"], f"{item['name']}({args})"
+    return None, str(error.message or error)
+
+
+def _show(value: Any) -> str:
+    return "0x" + value.hex() if isinstance(value, bytes) else str(value)

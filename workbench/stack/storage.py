@@ -1,0 +1,228 @@
+"""Content-addressed storage speaking the part of the Kubo (IPFS) RPC API a client needs.
+
+`python -m workbench.stack.storage`, config (`WORKBENCH_COMPONENT`, JSON):
+  port (0 = any free), data_dir (default: a temp dir removed on exit),
+  max_upload_bytes (default 10 MiB), upload_latency_ms [lo, hi] (default [0, 0]), seed (optional).
+
+Routes:
+  POST /api/v0/add          multipart, field `file` -> {"Name", "Hash", "Size"} (Size a string)
+  POST /api/v0/cat?arg=CID  the bytes (`arg` may also be `/ipfs/CID`)
+  GET  /ipfs/{cid}          the bytes (gateway)
+  POST /api/v0/pin/rm?arg=CID  deletes the object at once (Kubo only unpins and leaves the bytes
+                            to its GC; here nothing else references them) -> {"Pins": [CID]}
+
+CIDs are CIDv1, raw codec, sha2-256, base32 lower case: what Kubo answers with
+`--cid-version=1 --raw-leaves` for a file that fits one block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from workbench.stack.server import ApiError, component_config, make_app, query_arg, run
+
+CID_VERSION_1 = 0x01
+RAW_CODEC = 0x55
+SHA2_256 = 0x12
+SHA2_256_LENGTH = 32
+MULTIBASE_BASE32 = "b"
+CID_PREFIX = bytes([CID_VERSION_1, RAW_CODEC, SHA2_256, SHA2_256_LENGTH])
+DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
+TMP_PREFIX = ".tmp-"
+STORE_KEY = web.AppKey("store", object)
+
+
+# --- CIDs ---------------------------------------------------------------------------------------
+
+
+def cid_for(data: bytes) -> str:
+    """CIDv1 (raw, sha2-256) of `data` in multibase base32 lower case (`bafkrei…`)."""
+    digest = hashlib.sha256(data).digest()
+    return MULTIBASE_BASE32 + base64.b32encode(CID_PREFIX + digest).decode().lower().rstrip("=")
+
+
+def parse_cid(text: str) -> str:
+    """The canonical CID in `text` (`CID` or `/ipfs/CID`); ValueError if it is not one we store."""
+    cid = text.removeprefix("/ipfs/").strip("/")
+    if not cid.startswith(MULTIBASE_BASE32) or not cid[1:].isalnum():
+        raise ValueError("not a base32 CIDv1")
+    body = cid[1:].upper()
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError:
+        raise ValueError("not valid base32") from None
+    if len(raw) != len(CID_PREFIX) + SHA2_256_LENGTH or not raw.startswith(CID_PREFIX):
+        raise ValueError("not a CIDv1 raw sha2-256")
+    return cid.lower()
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class ObjectStore:
+    """Bytes on disk named by their CID. Writes are atomic (temp file + rename), so concurrent
+    identical uploads both succeed and readers never see a partial object. Methods block: call
+    them in a thread."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes) -> str:
+        cid = cid_for(data)
+        path = self.root / cid
+        if not path.exists():
+            tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return cid
+
+    def get(self, cid: str) -> bytes | None:
+        try:
+            return (self.root / cid).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def remove(self, cid: str) -> bool:
+        try:
+            (self.root / cid).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def scan(self) -> dict[str, int]:
+        """Sizes of the stored objects; drops temp files a crash left behind."""
+        sizes = {}
+        for path in self.root.iterdir():
+            if path.name.startswith(TMP_PREFIX):
+                path.unlink(missing_ok=True)
+            elif path.is_file():
+                sizes[path.name] = path.stat().st_size
+        return sizes
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class StorageServer:
+    """Routes plus the gauges `objects, bytes, uploads, upload_errors`."""
+
+    def __init__(self, store: ObjectStore, max_upload_bytes: int, latency_ms, rng: random.Random):
+        self.store, self.max_upload_bytes = store, max_upload_bytes
+        self.latency_ms, self.rng = (float(latency_ms[0]), float(latency_ms[1])), rng
+        self.sizes = store.scan()  # the index, only touched on the event loop
+        self.total_bytes = sum(self.sizes.values())
+        self.uploads = self.upload_errors = 0
+
+    def gauges(self) -> dict[str, int]:
+        return {
+            "objects": len(self.sizes),
+            "bytes": self.total_bytes,
+            "uploads": self.uploads,
+            "upload_errors": self.upload_errors,
+        }
+
+    async def add(self, request: web.Request) -> web.Response:
+        try:
+            name, data = await self._read_file_part(request)
+        except (ApiError, web.HTTPException):
+            self.upload_errors += 1
+            raise
+        cid = await asyncio.to_thread(self.store.put, data)
+        if cid not in self.sizes:
+            self.sizes[cid] = len(data)
+            self.total_bytes += len(data)
+        # Stands for network transfer and pinning latency of a remote storage provider.
+        await asyncio.sleep(self.rng.uniform(*self.latency_ms) / 1000)
+        self.uploads += 1
+        return web.json_response({"Name": name or cid, "Hash": cid, "Size": str(len(data))})
+
+    async def _read_file_part(self, request: web.Request) -> tuple[str, bytes]:
+        if (request.content_length or 0) > self.max_upload_bytes + MULTIPART_SLACK:
+            raise ApiError(413, f"upload larger than {self.max_upload_bytes} bytes")
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if part.name == "file":
+                    return part.filename or "", await self._read_limited(part)
+                await part.release()
+        except (ValueError, KeyError, AssertionError) as e:
+            raise ApiError(400, f"malformed multipart body: {e}") from None
+        raise ApiError(400, "missing multipart field 'file'")
+
+    async def _read_limited(self, part) -> bytes:
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            data += chunk
+            if len(data) > self.max_upload_bytes:
+                raise ApiError(413, f"upload larger than {self.max_upload_bytes} bytes")
+        return bytes(data)
+
+    async def cat(self, request: web.Request) -> web.Response:
+        return await self._serve(_cid_arg(query_arg(request, "arg")))
+
+    async def gateway(self, request: web.Request) -> web.Response:
+        return await self._serve(_cid_arg(request.match_info["cid"]))
+
+    async def _serve(self, cid: str) -> web.Response:
+        data = await asyncio.to_thread(self.store.get, cid) if cid in self.sizes else None
+        if data is None:
+            raise ApiError(404, f"no object {cid}")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def pin_rm(self, request: web.Request) -> web.Response:
+        cid = _cid_arg(query_arg(request, "arg"))
+        if cid not in self.sizes:
+            raise ApiError(404, f"no object {cid}")
+        self.total_bytes -= self.sizes.pop(cid)
+        await asyncio.to_thread(self.store.remove, cid)
+        return web.json_response({"Pins": [cid]})
+
+
+def _cid_arg(text: str) -> str:
+    try:
+        return parse_cid(text)
+    except ValueError as e:
+        raise ApiError(400, f"invalid CID {text[:80]!r}: {e}") from None
+
+
+def build_app(config: dict) -> web.Application:
+    data_dir = config.get("data_dir")
+    owned_dir = data_dir is None
+    root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="workbench-storage-"))
+    max_upload = int(config.get("max_upload_bytes", DEFAULT_MAX_UPLOAD))
+    server = StorageServer(
+        ObjectStore(root),
+        max_upload,
+        config.get("upload_latency_ms", [0, 0]),
+        random.Random(config.get("seed")),
+    )
+    app = make_app(server.gauges, max_body=max_upload + MULTIPART_SLACK)
+    app[STORE_KEY] = server
+    app.router.add_post("/api/v0/add", server.add)
+    app.router.add_post("/api/v0/cat", server.cat)
+    app.router.add_get("/ipfs/{cid}", server.gateway)
+    app.router.add_post("/api/v0/pin/rm", server.pin_rm)
+    if owned_dir:
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(shutil.rmtree, root, True))
+    return app
+
+
+def main() -> None:
+    config = component_config()
+    run(build_app(config), int(config.get("port", 0)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""`python -m workbench wallets --generate N | --fund | --check | --sweep`."""
+
+from __future__ import annotations
+
+import asyncio
+from argparse import Namespace
+
+from eth_account import Account
+
+from workbench import wallets
+from workbench.errors import WorkbenchError
+
+
+def wallets_command(args: Namespace) -> int:
+    if not (args.generate or args.fund or args.check or args.sweep):
+        raise WorkbenchError(
+            "wallets", "nothing to do", "pass --generate N, --fund, --check or --sweep"
+        )
+    if args.generate:
+        ws = wallets.generate(args.generate, args.wallet_file)
+        print(f"✅ {len(ws.wallets)} test wallets in {ws.path} (mode 600)")
+    if args.fund or args.check or args.sweep:
+        if not args.rpc_url:
+            raise WorkbenchError(
+                "--rpc-url",
+                "needed to fund, check or sweep",
+                "pass the chain's RPC URL (e.g. rpc_url from `python -m workbench stack up --json`)",
+            )
+        return asyncio.run(_on_chain(args))
+    return 0
+
+
+async def _on_chain(args: Namespace) -> int:
+    from workbench.chain import close_web3, make_web3
+
+    ws = wallets.load(args.wallet_file, args.count)
+    target_wei = int(args.amount_eth * 10**18)
+    w3 = make_web3(args.rpc_url)
+    try:
+        if args.fund:
+            done = await wallets.fund(w3, wallets.funder_key(), ws.addresses, target_wei)
+            print(f"💸 funded {done['funded']} wallets, {done['already']} already had enough")
+        if args.check:
+            print(f"✅ {len(ws.wallets)} test wallets loaded and validated")
+            short = await wallets.check(w3, ws.addresses, target_wei)
+            if short:
+                print(f"❌ {len(short)} wallets are short of funds:")
+                for a in short:
+                    print(f"   {a}")
+                return 1
+            print("✅ All wallets have sufficient funding")
+        if args.sweep:
+            to = Account.from_key(wallets.funder_key()).address
+            done = await wallets.sweep(w3, ws.wallets, to)
+            print(f"🧹 swept {done['swept']} wallets, {done['wei'] / 1e18:.6f} ETH back to {to}")
+    finally:
+        await close_web3(w3)
+    return 0

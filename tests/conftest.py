@@ -1,7 +1,8 @@
 """Shared fixtures: one anvil per test session, and the workbench's contracts deployed on it.
 
-Dev-account use on the shared chain (see docs/ARCHITECTURE.md "Local keys"): 0 deployer,
-1 app; tests that send transactions pick their own index so nonces never collide.
+Dev-account use on the shared `anvil` chain (see docs/ARCHITECTURE.md "Local keys"): 0 deployer,
+1 app (grantee 1). Modules that send pick their own indices so nonces never collide:
+10 test_contracts, 11 test_personal_server, 14-16 test_chain, 19 receives only.
 """
 
 from __future__ import annotations
@@ -67,3 +68,16 @@ def reference_abi_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference ABIs not found at {path}")
     return path
+
+
+# --- the embedded local stack (appended by the stack engineer) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[object]:
+    """One started `LocalStack("fast")` shared by the session (a stack costs ~1.5 s and 4
+    processes). Its relayers are dev accounts 2..5 on its own anvil, not the `anvil` fixture's."""
+    from workbench.stack.local import LocalStack
+
+    with LocalStack("fast") as stack:
+        yield stack

@@ -18,6 +18,8 @@ from workbench.chain import (
     send_tx,
     wait_receipt,
 )
+from workbench.errors import WorkbenchError
+from workbench.stack import anvil as anvil_module
 from workbench.stack.anvil import (
     DEV_MNEMONIC,
     dev_address,
@@ -27,9 +29,9 @@ from workbench.stack.anvil import (
     txpool_pending,
 )
 
-SENDER = 11  # dev accounts these tests spend from (see conftest for who uses what)
-CLASHER = 12
-PAUSED_SENDER = 13
+SENDER = 14  # dev accounts this module spends from (see conftest for who uses what)
+CLASHER = 15
+PAUSED_SENDER = 16
 
 
 def _transfer(to_index: int = 19) -> dict:
@@ -54,6 +56,24 @@ def test_dev_keys_follow_the_default_mnemonic() -> None:
         assert dev_key(index) == "0x" + expected.key.hex().removeprefix("0x")
         assert dev_address(index) == expected.address
     assert dev_address(0) == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # anvil's account 0
+
+
+def test_missing_anvil_says_run_make_setup(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(anvil_module, "ANVIL_BINARY", tmp_path / "anvil")
+    with pytest.raises(WorkbenchError, match="make setup"):
+        anvil_module.anvil_binary()
+
+
+async def test_block_time_and_txpool(anvil, w3) -> None:
+    """Interval mining holds transactions in the pool; automine (0) mines them again."""
+    async with mining_paused(anvil.rpc_url):
+        await set_block_time(anvil.rpc_url, 3600)
+        nonces = NonceManager(w3, dev_address(PAUSED_SENDER))
+        tx_hash = await send_tx(w3, dev_key(PAUSED_SENDER), _transfer(), nonces)
+        assert await txpool_pending(anvil.rpc_url) == 1
+        await set_block_time(anvil.rpc_url, 0)
+        assert (await wait_receipt(w3, tx_hash, 10, 0.02))["status"] == 1
+        assert await txpool_pending(anvil.rpc_url) == 0
 
 
 async def test_nonce_manager_hands_out_distinct_consecutive_nonces(w3) -> None:

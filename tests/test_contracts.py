@@ -20,6 +20,7 @@ from workbench.chain import (
     send_tx,
     wait_receipt,
 )
+from workbench.errors import WorkbenchError
 from workbench.stack import compile as contracts
 from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
 
@@ -352,3 +353,17 @@ async def test_deployment_registered_the_app_as_grantee_1(chain: Chain) -> None:
     assert owner == grantee_address == dev_address(1)
     assert public_key.startswith("04")
     assert await grantees.granteeAddressToId(dev_address(1)).call() == 1
+
+
+def test_cache_key_follows_sources_and_compiler() -> None:
+    sources = {"A.sol": "contract A {}"}
+    key = contracts.source_hash(sources, "0.8.30")
+    assert key == contracts.source_hash(dict(sources), "0.8.30")
+    assert key != contracts.source_hash({"A.sol": "contract A { }"}, "0.8.30")
+    assert key != contracts.source_hash(sources, "0.8.31")
+
+
+def test_missing_solc_says_run_make_setup(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(contracts, "SOLC_PACKAGE", tmp_path / "absent" / "package.json")
+    with pytest.raises(WorkbenchError, match="make setup"):
+        contracts.artifacts()

@@ -10,6 +10,8 @@ import urllib.request
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workbench.stack.components import (
     ComponentStartError,
@@ -51,6 +53,19 @@ async def test_cid_matches_known_vector():
     assert cid_by_hand(b"hello world") == expected
     assert cid_for(b"hello world") == expected
     assert parse_cid(f"/ipfs/{expected}") == expected
+
+
+@given(st.binary(max_size=256))
+def test_cid_roundtrip_for_any_bytes(data):
+    assert parse_cid(cid_for(data)) == cid_for(data) == cid_by_hand(data)
+
+
+@given(st.text(max_size=80))
+def test_parse_cid_rejects_garbage_with_value_error_only(text):
+    try:
+        parse_cid(text)
+    except ValueError:
+        pass
 
 
 async def test_add_cat_gateway_roundtrip(storage):
@@ -159,7 +174,14 @@ def test_start_component_times_out_with_the_log(tmp_path):
         config = {
             "rpc_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
             "storage_url": "http://127.0.0.1:9",
-            "contracts": {"DataPortabilityPermissions": "0x" + "11" * 20},
+            "contracts": {
+                name: "0x" + "11" * 20
+                for name in (
+                    "DataPortabilityPermissions",
+                    "DataPortabilityGrantees",
+                    "DataRegistry",
+                )
+            },
         }
         with pytest.raises(ComponentStartError, match="not ready after 1 s"):
             start_component(

@@ -257,7 +257,9 @@ def _error_selectors() -> dict[bytes, str]:
     for name in contracts.CONTRACT_NAMES:
         for item in contracts.abi(name):
             if item.get("type") == "error":
-                selectors[function_signature_to_4byte_selector(abi_to_signature(item))] = item["name"]
+                selectors[function_signature_to_4byte_selector(abi_to_signature(item))] = item[
+                    "name"
+                ]
     return selectors
 
 

@@ -96,7 +96,9 @@ def _s2k_count(count_byte: int) -> int:
     return (16 + (count_byte & 15)) << ((count_byte >> 4) + 6)
 
 
-def _s2k(password: bytes, s2k_type: int, hash_name: str, salt: bytes, count: int, size: int):
+def _s2k(
+    password: bytes, s2k_type: int, hash_name: str, salt: bytes, count: int, size: int
+) -> bytes:
     """RFC 4880 3.7.1 string-to-key: hash (salt || password) repeated to `count` bytes."""
     unit = salt + password
     total = max(count, len(unit)) if s2k_type == _S2K_ITERATED else len(unit)

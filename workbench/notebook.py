@@ -71,11 +71,12 @@ def notebook_command(args: Namespace) -> int:
     for key in ("users", "profile", "output_dir"):
         if getattr(args, key, None) is not None:
             params[key] = getattr(args, key)
-    run_id = params.get("run_id") or RunConfig.new_run_id(
-        params.get("shape", "nb"), params.get("users", 0)
-    )
-    params["run_id"] = run_id
-    out_dir = Path(params.get("output_dir", "outputs")) / run_id
+    params.setdefault("run_id", RunConfig.new_run_id("nb", params.get("users", 0)))
+    if Path(args.notebook).name == "run.ipynb":  # validate before anything is created
+        RunConfig.from_params(**params)
+    out_dir = RunConfig.from_params(
+        run_id=params["run_id"], output_dir=params.get("output_dir", "outputs")
+    ).results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = Path(args.notebook)
     if not notebook.is_file():

@@ -469,9 +469,7 @@ def errors(results: analysis.Results) -> Figure:
 # ----------------------------------------------------------------------------- capacity
 
 
-def capacity_curve(
-    results: analysis.Results | pd.DataFrame, knee: int | None = None
-) -> Figure:
+def capacity_curve(results: analysis.Results | pd.DataFrame, knee: int | None = None) -> Figure:
     """For a `steps` run: throughput and p95 against users, the knee marked (gid `knee`).
 
     Takes a Results, or a curve already computed by `analysis.capacity_curve` (with its knee;

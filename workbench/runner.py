@@ -92,7 +92,7 @@ class Runner:
         out: TextIO | None = None,
     ):
         self.cfg, self.target = config, target
-        self.profile = load_profile(config.profile)
+        self.profile = load_profile(str(config.profile_path))
         self.dir = config.results_dir()
         self.console = Console(out or sys.stdout, config.users, progress)
         self.clock = Clock()
@@ -208,14 +208,14 @@ class Runner:
         )
 
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
-        shape = shapes.shape_from_config(self.cfg)
+        shape = self.shape = shapes.shape_from_config(self.cfg)
         expected = shape.expected_flows()
         self.console.say("✅ Resource monitoring active")
         self.console.say(
             f"🔄 Launching {self.cfg.users} concurrent E2E flows ({self.cfg.shape})..."
         )
         self.console.start_bar(expected)
-        for launch in shape.launches(self.rng):
+        for launch in shape.launches():
             delay = launch.at_s - self.clock.now()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -264,11 +264,20 @@ class Runner:
         self.next_flow_id += 1
         size = shapes.data_size_for(self.cfg.data_size, flow_id, self.rng)
         data = shapes.make_user_data(size, wallet.index, seed=self.cfg.seed + flow_id)
-        extra = {} if launch.step is None else {"stage": launch.step, "stage_users": launch.level}
+        extra = self._stage(launch)
         event = await run_flow(ctx, wallet, data, flow_id=flow_id, data_size=size, extra=extra)
         self.outcome.flows += 1
         self.outcome.ok += bool(event["ok"])
         self.console.flow_done(event)
+
+    def _stage(self, launch: Any) -> dict[str, Any]:
+        """For the steps shape: the step a flow starts in (users keep going into later steps)."""
+        if launch.step is None:
+            return {}
+        stage = self.shape.step_at(self.clock.now())
+        if stage is None:
+            return {}
+        return {"stage": stage, "stage_users": self.shape.levels[stage]}
 
     async def _cancel_inflight(self) -> None:
         for task in list(self.tasks):
@@ -345,16 +354,7 @@ async def run(
 
 def run_command(args: Any) -> int:
     """`python -m workbench run …`."""
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("func", "command", "params", "no_report") and v is not None
-    }
-    config = (
-        RunConfig.from_yaml(args.params, **overrides)
-        if args.params
-        else RunConfig.from_params(**overrides)
-    )
+    config = RunConfig.from_cli(args, params_file=args.params)
     outcome = asyncio.run(run(config, report=not args.no_report))
     print(f"📁 Results: {outcome.results_dir}")
     if not args.no_report:

@@ -30,9 +30,12 @@ def anvil_binary() -> Path:
 
 
 def start_anvil(
-    port: int, log_path: Path | None = None, accounts: int = 20, *, load_state: Path | None = None
+    port: int, log_path: Path | None = None, accounts: int = 20, gas_limit: int | None = None
 ) -> subprocess.Popen:
-    """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic, mining each tx on arrival."""
+    """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic, mining each tx on arrival.
+
+    `gas_limit` per block defaults to anvil's 30 M, room for about 25 permissions per block.
+    """
     cmd = [
         str(anvil_binary()),
         "--host",
@@ -46,8 +49,8 @@ def start_anvil(
         "--mnemonic",
         DEV_MNEMONIC,
     ]
-    if load_state is not None:
-        cmd += ["--load-state", str(load_state)]
+    if gas_limit is not None:
+        cmd += ["--gas-limit", str(gas_limit)]
     return spawn(cmd, log_path=log_path)
 
 
@@ -77,7 +80,7 @@ async def wait_ready(
         try:
             await rpc(rpc_url, "eth_chainId")
             return
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"anvil at {rpc_url} not ready after {timeout_s} s") from None
             await asyncio.sleep(0.05)

@@ -11,28 +11,37 @@ import argparse
 import json
 import signal
 import sys
-import threading
+import time
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.stack.components import ComponentStartError
 from workbench.stack.local import LocalStack
+
+SIGNAL_POLL_S = 0.2
 
 
 def stack_up(profile: str, json_out: bool) -> int:
-    """Runs a stack until SIGINT/SIGTERM; 0 after a clean stop, 2 on a user-fixable error."""
-    stop = threading.Event()
-    previous = _on_signals(lambda *_: stop.set())  # we own the main thread here: handlers are ours
+    """Runs a stack until SIGINT/SIGTERM: 0 after a clean stop, 1 if it failed to start, 2 on a
+    user-fixable error (bad profile)."""
+    # We own the main thread here, so the handlers are ours. They only set a flag: a handler
+    # that takes a lock (threading.Event.set) can deadlock with the same lock held by the code
+    # it interrupted, and raising (KeyboardInterrupt) could land anywhere in the start.
+    signals: list[int] = []
+    previous = _on_signals(lambda signum, _frame: signals.append(signum))
     try:
         stack = LocalStack(profile)
         with stack:
-            if stop.is_set():  # a signal arrived while starting
-                return 0
-            print(_render(stack, json_out), flush=True)
-            while not stop.wait(0.5):  # a timeout keeps the main thread responsive to signals
-                pass
+            if not signals:  # a signal that arrived while starting means: stop right away
+                print(_render(stack, json_out), flush=True)
+            while not signals:
+                time.sleep(SIGNAL_POLL_S)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (ComponentStartError, RuntimeError, TimeoutError) as e:  # the message has the log tail
+        print(f"error: the local stack did not start: {e}", file=sys.stderr)
+        return 1
     finally:
         _restore(previous)
     if not json_out:

@@ -54,6 +54,7 @@ from workbench.stack.server import (
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SERVER_KEY = web.AppKey("personal_server", object)
 OPERATION_KIND = "llm_inference"
+CONTRACTS = ("DataPortabilityPermissions", "DataPortabilityGrantees", "DataRegistry")
 log = logging.getLogger("workbench.stack.personal_server")
 
 
@@ -189,10 +190,7 @@ class PersonalServer:
         self.workers = [asyncio.create_task(self._work()) for _ in range(self.workers_n)]
 
     def _contract(self, name: str):
-        address = self.config["contracts"].get(name)
-        if not address:
-            raise WorkbenchError(f"contracts.{name}", "missing", "pass the deployed address")
-        return chain.contract(self.w3, name, address)
+        return chain.contract(self.w3, name, self.config["contracts"][name])
 
     async def _check_chain_id(self) -> None:
         expected = self.config.get("chain_id")
@@ -426,6 +424,11 @@ def build_app(config: dict[str, Any], seed: bytes) -> web.Application:
         if not config.get(key):
             raise WorkbenchError(
                 f"personal_server.{key}", "missing", "set it in the component config"
+            )
+    for name in CONTRACTS:
+        if not is_address(config["contracts"].get(name) or ""):
+            raise WorkbenchError(
+                f"contracts.{name}", "missing or not an address", "pass its address"
             )
     server = PersonalServer(config, seed)
     app = make_app(server.gauges)

@@ -80,6 +80,10 @@ class RelayAccount:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
+    def address(self) -> str:
+        return self.account.address
+
+    @property
     def load(self) -> int:
         return len(self.pending) + self.reserved
 
@@ -147,20 +151,21 @@ class Relayer:
     async def relay(self, user: str, contract_input: tuple, signature: str) -> str:
         """Simulates, then sends `addServerFilesAndPermissions`; returns the tx hash.
 
-        Raises RelayError (see its statuses). The same (user, nonce) is refused while a tx
-        carrying it is pending, since only one can succeed and the other would burn gas.
+        Raises RelayError (see its statuses). The simulation runs first so a replay is told
+        by the contract's own reason; then the same (user, nonce) is refused while a tx carrying
+        it is pending (a simulation cannot see that one), as only one of them could succeed.
         """
+        data = self.contract.encode_abi(
+            "addServerFilesAndPermissions", args=[contract_input, HexBytes(signature)]
+        )
+        call = {"to": self.contract.address, "data": data}
+        gas, fees = await asyncio.gather(self._simulate(call), self._fee_quote())
         key = (user.lower(), int(contract_input[0]))
-        if key in self._in_flight:
+        if key in self._in_flight:  # checked and taken with no await in between
             self.refused += 1
             raise RelayError(409, f"nonce {key[1]} of {user} is already relayed and pending")
         self._in_flight.add(key)
         try:
-            data = self.contract.encode_abi(
-                "addServerFilesAndPermissions", args=[contract_input, HexBytes(signature)]
-            )
-            call = {"to": self.contract.address, "data": data}
-            gas, fees = await asyncio.gather(self._simulate(call), self._fee_quote())
             tx = {**call, "value": 0, "gas": gas, "chainId": self._chain_id, **fees}
             tx_hash = await self._send_with_retry(tx, key)
         except BaseException:
@@ -262,7 +267,7 @@ class Relayer:
 
     async def _was_accepted(self, acct: RelayAccount, nonce: int) -> bool:
         try:
-            count = await self.w3.eth.get_transaction_count(acct.account.address, "pending")
+            count = await self.w3.eth.get_transaction_count(acct.address, "pending")
             await acct.nonces.resync()
         except (Web3RPCError, *TRANSPORT_ERRORS):
             return False  # unknown: the next send's "nonce too low" resyncs it
@@ -305,7 +310,7 @@ class Relayer:
 
     async def _confirm(self, acct: RelayAccount) -> None:
         """Drops the account's txs whose nonce is mined: one RPC call per busy account per tick."""
-        mined = await self.w3.eth.get_transaction_count(acct.account.address, "latest")
+        mined = await self.w3.eth.get_transaction_count(acct.address, "latest")
         for nonce in sorted(n for n in acct.pending if n < mined):
             pending = acct.pending.pop(nonce)
             self._in_flight.discard(pending.key)

@@ -85,7 +85,7 @@ async def json_body(request: web.Request, schema: Mapping[str, type | tuple[type
         body = await request.json(loads=json.loads)
     except web.HTTPException:
         raise
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, LookupError) as e:  # bad JSON, bad UTF-8, unknown declared charset
         raise ApiError(400, f"body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
@@ -180,7 +180,8 @@ async def serve(app: web.Application, host: str = HOST, port: int = 0) -> None:
     """Serves `app` until SIGTERM/SIGINT or the parent's death; port 0 lets the OS choose.
 
     The `READY` line is printed after the app's startup hooks ran and the socket listens, so a
-    parent that waits for it can send requests at once.
+    parent that waits for it can send requests at once. A signal during a slow startup (say,
+    an RPC node that does not answer) abandons the startup and exits cleanly too.
     """
     if host != HOST:
         raise WorkbenchError("host", f"{host!r} is not loopback", f"stack servers bind {HOST}")
@@ -189,17 +190,27 @@ async def serve(app: web.Application, host: str = HOST, port: int = 0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None)  # per-request logging would distort load runs
+    watchdog = asyncio.create_task(watch_parent())
+    stopping = asyncio.create_task(stop.wait())
+    starting = asyncio.create_task(_listen(runner, host, port))
     try:
-        await runner.setup()  # inside try: a failed startup hook still gets the cleanup hooks
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(f"{READY_PREFIX}{json.dumps({'port': bound})}", flush=True)
-        watchdog = asyncio.create_task(watch_parent())
-        await stop.wait()
-        watchdog.cancel()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            bound = starting.result()  # a failed startup raises here
+            print(f"{READY_PREFIX}{json.dumps({'port': bound})}", flush=True)
+            await stopping
     finally:
-        await runner.cleanup()
+        for task in (starting, stopping, watchdog):
+            task.cancel()
+        await asyncio.gather(starting, stopping, watchdog, return_exceptions=True)
+        await runner.cleanup()  # runs the cleanup hooks even after a failed or abandoned startup
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
+    await site.start()
+    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def run(app: web.Application, port: int = 0) -> None:

@@ -1,0 +1,442 @@
+"""The app's API server and its relayer, against the shared local stack (`local_stack`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from eth_account import Account
+
+from workbench import chain, crypto, permission
+from workbench.stack import anvil
+from workbench.stack.api_server import build_app, operation_request_json
+from workbench.stack.deploy import deploy_all
+from workbench.stack.process import free_port, terminate
+from workbench.stack.relayer import Relayer, RelayError
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        yield session
+
+
+@pytest.fixture
+async def w3(local_stack) -> AsyncIterator[Any]:
+    web3 = chain.make_web3(local_stack.endpoints.rpc_url, timeout_s=10)
+    yield web3
+    await chain.close_web3(web3)
+
+
+# --- helpers: a user's permission, as the flow builds it ----------------------------------------
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body)
+    headers = {"Content-Type": "application/json"}
+    async with http.post(url, data=data, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def upload(http: aiohttp.ClientSession, storage_url: str, blob: bytes) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", blob, filename="f", content_type="application/octet-stream")
+    async with http.post(f"{storage_url}/api/v0/add", data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        return f"ipfs://{(await resp.json())['Hash']}"
+
+
+async def signed_permission(
+    stack, http, w3, key: str, *, real_files: bool = False, nonce: int | None = None
+) -> dict[str, Any]:
+    """A relay body for the user of `key`. With `real_files` the file and grant are really
+    encrypted and stored, so the personal server can run the operation."""
+    ep = stack.endpoints
+    user = Account.from_key(key).address
+    async with http.get(f"{ep.api_url}/identity", params={"address": user}) as resp:
+        server = (await resp.json())["personal_server"]
+    if real_files:
+        password = crypto.encryption_key(key)
+        file_url = await upload(http, ep.storage_url, crypto.encrypt_file(b'{"a": 1}', password))
+        grant = {
+            "grantee": anvil.dev_address(1),
+            "operation": "llm_inference",
+            "parameters": {"prompt": "summarise", "response_format": {"type": "json_object"}},
+        }
+        grant_url = await upload(http, ep.storage_url, json.dumps(grant).encode())
+        sealed = crypto.ecies_encrypt(server["public_key"], password.encode())
+    else:
+        file_url, grant_url, sealed = f"ipfs://file-{user}", f"ipfs://grant-{user}", "00"
+    if nonce is None:
+        contract = chain.contract(w3, "DataPortabilityPermissions", ep.contracts[PERMISSIONS])
+        nonce = await contract.functions.userNonce(user).call()
+    message = {
+        "nonce": nonce,
+        "granteeId": ep.grantee_id,
+        "grant": grant_url,
+        "fileUrls": [file_url],
+        "schemaIds": [0],
+        "serverAddress": server["address"],
+        "serverUrl": ep.personal_server_url,
+        "serverPublicKey": server["public_key"],
+        "filePermissions": [[{"account": server["address"], "key": sealed}]],
+    }
+    typed = permission.typed_data(ep.chain_id, ep.contracts[PERMISSIONS], message)
+    return {
+        "typedData": typed,
+        "signature": permission.sign(key, typed),
+        "expectedUserAddress": user,
+    }
+
+
+PERMISSIONS = "DataPortabilityPermissions"
+
+
+def new_key() -> str:
+    return "0x" + Account.create().key.hex().removeprefix("0x")
+
+
+async def relayer_nonce_total(w3, stack) -> int:
+    keys = [anvil.dev_key(i) for i in range(2, 2 + stack.relayers)]
+    counts = await asyncio.gather(
+        *(w3.eth.get_transaction_count(Account.from_key(k).address, "pending") for k in keys)
+    )
+    return sum(counts)
+
+
+async def metrics(http, stack) -> dict[str, int]:
+    async with http.get(f"{stack.endpoints.api_url}/metrics") as resp:
+        return await resp.json()
+
+
+def assert_error(status: int, body: Any, expected: int | tuple[int, ...]) -> None:
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert status in expected, (status, body)
+    assert body["success"] is False and isinstance(body["error"], str), body
+
+
+# --- /api/relay ---------------------------------------------------------------------------------
+
+
+async def test_valid_relay_is_mined_with_a_permission_added_event(local_stack, http, w3):
+    body = await signed_permission(local_stack, http, w3, new_key())
+    status, answer = await post(http, f"{local_stack.endpoints.api_url}/api/relay", body)
+    assert status == 200 and answer["success"] is True, answer
+    receipt = await chain.wait_receipt(w3, answer["transactionHash"], 30, 0.05)
+    permission_id = chain.decode_permission_added(receipt)
+    contract = chain.contract(w3, PERMISSIONS, local_stack.endpoints.contracts[PERMISSIONS])
+    stored = await contract.functions.permissions(permission_id).call()
+    assert stored[1] == body["expectedUserAddress"]  # grantor
+
+
+async def test_forged_signature_is_refused(local_stack, http, w3):
+    victim, forger = new_key(), new_key()
+    body = await signed_permission(local_stack, http, w3, victim)
+    body["signature"] = permission.sign(forger, body["typedData"])
+    status, answer = await post(http, f"{local_stack.endpoints.api_url}/api/relay", body)
+    assert_error(status, answer, (401, 403))
+    assert "expectedUserAddress" in answer["error"]
+
+
+async def test_replay_is_refused_without_a_transaction(local_stack, http, w3):
+    url = f"{local_stack.endpoints.api_url}/api/relay"
+    body = await signed_permission(local_stack, http, w3, new_key())
+    status, answer = await post(http, url, body)
+    assert status == 200, answer
+    await chain.wait_receipt(w3, answer["transactionHash"], 30, 0.05)
+    before_nonces = await relayer_nonce_total(w3, local_stack)
+    before = await metrics(http, local_stack)
+    status, answer = await post(http, url, body)
+    assert_error(status, answer, 409)
+    assert "InvalidNonce" in answer["error"]  # the contract's revert reason reaches the client
+    assert await relayer_nonce_total(w3, local_stack) == before_nonces  # no tx was sent
+    after = await metrics(http, local_stack)
+    assert after["relayed"] == before["relayed"]
+    assert after["relay_refused"] == before["relay_refused"] + 1
+
+
+async def test_concurrent_duplicates_relay_once(local_stack, http, w3):
+    url = f"{local_stack.endpoints.api_url}/api/relay"
+    body = await signed_permission(local_stack, http, w3, new_key())
+    results = await asyncio.gather(*(post(http, url, body) for _ in range(3)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409, 409], results
+
+
+async def test_malformed_bodies_get_400_json_and_the_server_keeps_serving(local_stack, http, w3):
+    url = f"{local_stack.endpoints.api_url}/api/relay"
+    good = await signed_permission(local_stack, http, w3, new_key())
+
+    def variant(**changes: Any) -> dict[str, Any]:
+        return {**json.loads(json.dumps(good)), **changes}
+
+    def with_message(**changes: Any) -> dict[str, Any]:
+        body = variant()
+        body["typedData"]["message"].update(changes)
+        return body
+
+    def with_domain(**changes: Any) -> dict[str, Any]:
+        body = variant()
+        body["typedData"]["domain"].update(changes)
+        return body
+
+    no_signature = variant()
+    del no_signature["signature"]
+    cases: dict[str, tuple[Any, str]] = {
+        "garbage": (b"{not json", "JSON"),
+        "array": ([1, 2], "object"),
+        "empty": ({}, "typedData"),
+        "no signature": (no_signature, "signature"),
+        "typedData as string": (variant(typedData="x"), "typedData"),
+        "signature as int": (variant(signature=5), "signature"),
+        "short signature": (variant(signature="0x1234"), "signature"),
+        "bad address": (variant(expectedUserAddress="0xnope"), "expectedUserAddress"),
+        "nonce not a number": (with_message(nonce="abc"), "message.nonce"),
+        "fileUrls not a list": (with_message(fileUrls="x"), "message.fileUrls"),
+        "foreign chain": (with_domain(chainId=1), "chainId"),
+        "foreign contract": (with_domain(verifyingContract="0x" + "12" * 20), "verifyingContract"),
+        "foreign name": (with_domain(name="Other"), "domain"),
+    }
+    for name, (body, field_name) in cases.items():
+        status, answer = await post(http, url, body)
+        assert_error(status, answer, 400)
+        assert field_name in answer["error"], (name, answer)
+    status, answer = await post(http, url, good)
+    assert status == 200 and answer["success"], answer
+
+
+async def test_contract_reverts_other_than_replay_are_422(local_stack, http, w3):
+    key = new_key()
+    body = await signed_permission(local_stack, http, w3, key)
+    body["typedData"]["message"]["schemaIds"] = [0, 1]  # two schema ids for one file
+    body["signature"] = permission.sign(key, body["typedData"])
+    status, answer = await post(http, f"{local_stack.endpoints.api_url}/api/relay", body)
+    assert_error(status, answer, 422)
+    assert "InvalidSchemaIdsLength" in answer["error"]
+
+
+async def test_twenty_concurrent_users_all_relay_through_the_pool(local_stack, http, w3):
+    url = f"{local_stack.endpoints.api_url}/api/relay"
+    keys = [new_key() for _ in range(20)]
+    bodies = await asyncio.gather(
+        *(signed_permission(local_stack, http, w3, k, nonce=0) for k in keys)
+    )
+    before = await metrics(http, local_stack)
+    results = await asyncio.gather(*(post(http, url, b) for b in bodies))
+    assert all(status == 200 for status, _ in results), results
+    receipts = await asyncio.gather(
+        *(chain.wait_receipt(w3, a["transactionHash"], 30, 0.05) for _, a in results)
+    )
+    assert all(r["status"] == 1 for r in receipts)
+    assert len({r["from"] for r in receipts}) == local_stack.relayers  # every relayer took some
+    after = await metrics(http, local_stack)
+    assert after["relayed"] - before["relayed"] == 20
+    assert after["relay_errors"] == before["relay_errors"]
+    assert after["relay_retries"] == before["relay_retries"]  # no nonce clash on any account
+
+
+# --- trusted server -----------------------------------------------------------------------------
+
+
+def test_operation_request_json_format_is_pinned():
+    assert operation_request_json(5) == '{"permission_id": 5}'
+    assert json.loads(operation_request_json(12)) == {"permission_id": 12}
+
+
+async def test_trusted_server_submit_and_poll_reach_succeeded(local_stack, http, w3):
+    ep = local_stack.endpoints
+    body = await signed_permission(local_stack, http, w3, new_key(), real_files=True)
+    status, answer = await post(http, f"{ep.api_url}/api/relay", body)
+    assert status == 200, answer
+    receipt = await chain.wait_receipt(w3, answer["transactionHash"], 30, 0.05)
+    permission_id = chain.decode_permission_added(receipt)
+
+    status, answer = await post(
+        http, f"{ep.api_url}/api/trusted-server", {"permissionId": permission_id}
+    )
+    assert status == 200 and answer["success"], answer
+    op_id = answer["data"]["id"]
+    poll = {"operationId": op_id, "chainId": ep.chain_id}
+    for _ in range(200):
+        status, answer = await post(http, f"{ep.api_url}/api/trusted-server/poll", poll)
+        assert status == 200, answer
+        if answer["data"]["status"] not in ("starting", "processing"):
+            break
+        await asyncio.sleep(0.05)
+    assert answer["data"]["status"] == "succeeded", answer
+    assert answer["data"]["result"]
+
+
+async def test_trusted_server_errors(local_stack, http):
+    api = local_stack.endpoints.api_url
+    chain_id = local_stack.endpoints.chain_id
+    status, answer = await post(
+        http, f"{api}/api/trusted-server/poll", {"operationId": "nope", "chainId": chain_id}
+    )
+    assert_error(status, answer, 404)
+    status, answer = await post(
+        http, f"{api}/api/trusted-server/poll", {"operationId": "x", "chainId": 1}
+    )
+    assert_error(status, answer, 400)
+    status, answer = await post(http, f"{api}/api/trusted-server", {"permissionId": "five"})
+    assert_error(status, answer, 400)
+    # The personal server knows no permission 10**9: a downstream refusal, told apart as 502.
+    status, answer = await post(http, f"{api}/api/trusted-server", {"permissionId": 10**9})
+    assert_error(status, answer, 502)
+    assert "personal server" in answer["error"]
+
+
+async def test_identity_is_proxied(local_stack, http):
+    user = Account.create().address
+    url = f"{local_stack.endpoints.api_url}/identity"
+    async with http.get(url, params={"address": user}) as resp:
+        answer = await resp.json()
+    assert resp.status == 200 and answer["user_address"] == user
+    assert answer["personal_server"]["public_key"].startswith("0x04")
+    async with http.get(url, params={"address": "0x12"}) as resp:
+        assert_error(resp.status, await resp.json(), 400)
+
+
+# --- downstream faults, with an in-process API server ------------------------------------------
+
+
+async def slow_personal_server(delay_s: float) -> TestServer:
+    async def identity(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/identity", identity)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+async def api_client(local_stack, personal_url: str) -> TestClient:
+    ep = local_stack.endpoints
+    config = {
+        "rpc_url": ep.rpc_url,
+        "chain_id": ep.chain_id,
+        "contracts": ep.contracts,
+        "personal_server_url": personal_url,
+        "personal_server_timeout_s": 0.3,
+    }
+    app = build_app(config, anvil.dev_key(1), [anvil.dev_key(19)])  # key 19: no sends here
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def test_personal_server_down_or_slow_is_a_502_or_504(local_stack):
+    user = Account.create().address
+    down = await api_client(local_stack, f"http://127.0.0.1:{free_port()}")
+    slow_server = await slow_personal_server(5.0)
+    slow = await api_client(local_stack, str(slow_server.make_url("")).rstrip("/"))
+    try:
+        resp = await down.get("/identity", params={"address": user})
+        assert_error(resp.status, await resp.json(), 502)
+        resp = await slow.get("/identity", params={"address": user})
+        body = await resp.json()
+        assert_error(resp.status, body, 504)
+        assert "timed out" in body["error"]
+    finally:
+        await down.close()
+        await slow.close()
+        await slow_server.close()
+
+
+# --- the relayer alone: restart and fee replacement, on a private anvil -------------------------
+
+
+@pytest.fixture
+async def private_chain(tmp_path) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A fresh anvil with the contracts, for tests that change how it mines."""
+    port = free_port()
+    proc = anvil.start_anvil(port, tmp_path / "anvil.log")
+    rpc_url = f"http://127.0.0.1:{port}"
+    try:
+        await anvil.wait_ready(rpc_url, timeout_s=15, proc=proc)
+        app_key = anvil.dev_key(1)
+        contracts = await deploy_all(
+            rpc_url, anvil.dev_key(0), anvil.dev_address(1), crypto.public_key_of(app_key)
+        )
+        yield rpc_url, contracts
+    finally:
+        terminate(proc)
+
+
+def bare_permission(rpc_contracts: dict[str, str], key: str, nonce: int) -> tuple[str, tuple, str]:
+    server = Account.create().address
+    message = {
+        "nonce": nonce,
+        "granteeId": 1,
+        "grant": "ipfs://grant",
+        "fileUrls": [f"ipfs://file-{Account.from_key(key).address}-{nonce}"],
+        "schemaIds": [0],
+        "serverAddress": server,
+        "serverUrl": "http://server",
+        "serverPublicKey": "0x04",
+        "filePermissions": [[{"account": server, "key": "00"}]],
+    }
+    typed = permission.typed_data(anvil.CHAIN_ID, rpc_contracts[PERMISSIONS], message)
+    user = Account.from_key(key).address
+    return user, permission.contract_input(typed), permission.sign(key, typed)
+
+
+async def test_a_restarted_relayer_resumes_from_the_chains_nonces(private_chain):
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    keys = [anvil.dev_key(2)]
+    try:
+        first = Relayer(w3, contracts[PERMISSIONS], keys, confirm_poll_s=0.05)
+        await first.start()
+        key = new_key()
+        await first.relay(*bare_permission(contracts, key, 0))
+        await first.close()
+        second = Relayer(w3, contracts[PERMISSIONS], keys, confirm_poll_s=0.05)
+        await second.start()
+        tx_hash = await second.relay(*bare_permission(contracts, key, 1))
+        assert (await chain.wait_receipt(w3, tx_hash, 10, 0.05))["status"] == 1
+        assert second.retries == 0  # it started from the chain's count, no "nonce too low"
+        await second.close()
+    finally:
+        await chain.close_web3(w3)
+
+
+async def test_a_pending_tx_can_be_replaced_with_higher_fees(private_chain):
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    relayer = Relayer(w3, contracts[PERMISSIONS], [anvil.dev_key(3)], confirm_poll_s=0.05)
+    try:
+        await relayer.start()
+        await anvil.rpc(rpc_url, "evm_setAutomine", [False])  # nothing mines until we say so
+        key = new_key()
+        args = bare_permission(contracts, key, 0)
+        first = await relayer.relay(*args)
+        with pytest.raises(RelayError) as refused:  # the same message while it is pending
+            await relayer.relay(*args)
+        assert refused.value.status == 409
+        assert relayer.gauges()["relayer_pending"] == 1
+        second = await relayer.replace(first)
+        assert second != first
+        await anvil.rpc(rpc_url, "evm_mine")
+        receipt = await chain.wait_receipt(w3, second, 10, 0.05)
+        assert receipt["status"] == 1
+        for _ in range(100):  # the confirm loop notices the mined nonce
+            if relayer.gauges()["relayer_pending"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert relayer.gauges()["relayer_pending"] == 0
+        assert relayer.gauges()["confirmed"] == 1
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)

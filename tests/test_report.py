@@ -1,0 +1,241 @@
+"""report.html from a results dir alone: self-contained, complete, idempotent, and never a leak."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from synthetic import write_results_dir
+
+from workbench import report
+from workbench.errors import WorkbenchError
+from workbench.events import EventWriter
+from workbench.profiles import PROJECT_ROOT
+
+KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+OUTPUTS = ("report.html", "summary.json", "criteria.csv")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """A failing run with a fault set, a simulated backend and a cancelled flow, rendered once."""
+    path = write_results_dir(
+        tmp_path_factory.mktemp("report") / "run",
+        n_flows=40,
+        fail_every=8,
+        cancel_last=1,
+        faults={"storage": {"error_rate": 0.1}},
+    )
+    config = json.loads((path / "config.json").read_text())
+    config.update(
+        inference_backend="simulated",
+        target_kind="local",
+        profile_settings={"inference": {"latency_s": [0.04, 0.06]}, "chain": {"block_time_s": 0}},
+        endpoints={"api_url": "http://127.0.0.1:3001"},
+        wallet_addresses=["0x" + "00" * 20] * 10,
+    )
+    (path / "config.json").write_text(json.dumps(config))
+    out = report.render(path)
+    return path, out.read_text(encoding="utf-8")
+
+
+def _passing_dir(tmp_path, **kw):
+    return write_results_dir(
+        tmp_path / "ok", n_flows=12, durations=[30.0 + i for i in range(12)], **kw
+    )
+
+
+def test_writes_every_output(rendered):
+    path, _ = rendered
+    for name in OUTPUTS:
+        assert (path / name).stat().st_size > 0
+    assert sorted(p.name for p in (path / "figures").glob("*.png")) == [
+        "errors.png",
+        "latency_histogram.png",
+        "resources.png",
+        "step_breakdown.png",
+        "timeline.png",
+    ]
+    assert not list(path.glob(".render-*"))  # the staging folder is gone
+
+
+def test_html_is_self_contained(rendered):
+    _, html = rendered
+    for tag in re.findall(r"<(?:script|link|img|iframe)\b[^>]*>", html, re.I):
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", tag, re.I), tag
+    assert "<script src" not in html and "mathjax" not in html.lower()
+    images = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]{0,30})", html)
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+
+
+def test_no_code_cells_shown(rendered):
+    _, html = rendered
+    assert 'class="jp-InputArea' not in html and 'class="jp-InputPrompt' not in html
+    assert "jp-CodeMirrorEditor" not in re.sub(r"<style.*?</style>", "", html, flags=re.S)
+
+
+def test_content_follows_the_milestone(rendered):
+    path, html = rendered
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["verdict"] == "FAILED"  # 1 in 8 flows fail at relay: under 90% success
+    assert 'wb-badge-failed">FAILED' in html and "INCOMPLETE" not in html
+    assert "❌ Milestone 3 FAILED" in html
+    for section in ("📊 Performance Results", "📊 Resource Usage", "✅ Resource monitoring"):
+        assert section in html
+    assert "✅ 10 test wallets loaded and validated" in html
+    assert "✅ API server ready on port 3001" in html
+    assert re.search(r"\[User \d\d\] ✅ Flow completed in \d+\.\ds", html)
+    assert "❌ Flow failed at relay (relay)" in html
+    for row in summary["criteria"]:
+        assert row["label"] in html
+    assert 'class="wb-fail"' in html and 'class="wb-target"' in html  # colour-coded rows
+    order = [html.index(s) for s in ("Run output", "Criteria", "Latency", "Errors", "Faults")]
+    assert order == sorted(order)
+
+
+def test_errors_faults_and_simulation_are_explained(rendered):
+    _, html = rendered
+    assert "API server (relayer)" in html  # relay class -> the component at fault
+    assert "error_rate" in html  # the faults injected
+    assert "Inference latency is simulated" in html
+    assert "anvil" in html
+
+
+def test_rerender_is_idempotent(rendered):
+    path, _ = rendered
+    before = {p.name: p.read_bytes() for p in [*map(path.joinpath, OUTPUTS)]}
+    figures = {p.name: p.read_bytes() for p in (path / "figures").glob("*.png")}
+    report.render(path)
+    assert {p.name: p.read_bytes() for p in [*map(path.joinpath, OUTPUTS)]} == before
+    assert {p.name: p.read_bytes() for p in (path / "figures").glob("*.png")} == figures
+
+
+def test_passing_run(tmp_path):
+    path = _passing_dir(tmp_path)
+    html = report.render(path).read_text(encoding="utf-8")
+    assert 'wb-badge-passed">PASSED' in html and "🎉 Milestone 3 PASSED!" in html
+    assert "No faults were injected" in html and "no errors" in html.lower()
+
+
+def test_incomplete_run_is_marked(tmp_path):
+    path = _passing_dir(tmp_path, complete=False, torn_tail=True)
+    html = report.render(path).read_text(encoding="utf-8")
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["complete"] is False and summary["outcome"] == "INCOMPLETE"
+    assert summary["verdict"] == "FAILED"  # a killed run cannot pass
+    assert 'wb-badge-incomplete">INCOMPLETE' in html and "INCOMPLETE run" in html
+    assert "🎉" not in html
+
+
+def _assert_nothing_written(path):
+    for name in OUTPUTS:
+        assert not (path / name).exists(), name
+    assert not (path / "figures").exists() and not list(path.glob(".render-*"))
+
+
+def test_refuses_a_labelled_key_in_config(tmp_path):
+    path = _passing_dir(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["funder_private_key"] = KEY
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WorkbenchError, match="refusing to write: contains a private key") as err:
+        report.render(path)
+    assert KEY[2:] not in str(err.value).lower()  # the refusal never repeats the key
+    assert "config.json" in str(err.value)
+    _assert_nothing_written(path)
+
+
+def test_refuses_a_known_key_in_events(tmp_path, monkeypatch):
+    path = _passing_dir(tmp_path)
+    with EventWriter(path / "events.jsonl") as w:  # unlabelled: only the known-key rule sees it
+        w.write({"kind": "run", "event": "note", "t": 1.0, "text": KEY[2:].upper()})
+    monkeypatch.setenv("LOADTEST_PRIVATE_KEY", KEY)
+    with pytest.raises(WorkbenchError, match="private key"):
+        report.render(path)
+    _assert_nothing_written(path)
+    monkeypatch.delenv("LOADTEST_PRIVATE_KEY")
+    with pytest.raises(WorkbenchError):  # the runner hands its wallets' keys over directly
+        report.render(path, secrets=[KEY])
+    _assert_nothing_written(path)
+
+
+def test_refuses_a_key_that_reaches_only_the_outputs(tmp_path):
+    """A criteria file is not in the results dir, but its labels reach the report."""
+    path = _passing_dir(tmp_path)
+    criteria = tmp_path / "leaky.yaml"
+    row = {"id": "x", "label": f"secret {KEY}", "metric": "avg_s", "op": "<", "target": 90}
+    criteria.write_text(json.dumps({"name": "leaky", "criteria": [row]}))
+    with pytest.raises(WorkbenchError, match="private key"):
+        report.render(path, criteria_path=criteria, secrets=[KEY])
+    _assert_nothing_written(path)
+
+
+def test_tx_hashes_are_not_keys(tmp_path):
+    path = _passing_dir(tmp_path)
+    with EventWriter(path / "events.jsonl") as w:
+        w.write({"kind": "run", "event": "note", "t": 1.0, "tx_hash": KEY, "permission_id": 3})
+    report.render(path)
+    assert (path / "report.html").is_file()
+
+
+def test_find_secrets_rules():
+    assert report.find_secrets(f'"private_key": "{KEY}"')
+    assert report.find_secrets(f"WORKBENCH_FUNDER_KEY={KEY[2:]}")
+    assert report.find_secrets(f"<td>relayer_key</td>\n<td>{KEY}</td>")
+    assert not report.find_secrets(f'"tx_hash": "{KEY}", "block_hash": "{KEY}"')
+    assert not report.find_secrets(f'"public_key": "{KEY}"')
+    assert report.find_secrets(f"any text {KEY.upper()[2:]} here", [KEY])
+    assert not report.find_secrets(f"any text {KEY} here", ["0x" + "1" * 64])
+
+
+def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
+    from workbench import wallets
+
+    monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
+    monkeypatch.setenv("WORKBENCH_SECRETS", json.dumps({"relayers": ["0x" + "ab" * 32]}))
+    ws = wallets.generate(2, tmp_path / "wallets.json")
+    found = report.known_secrets({"wallet_file": str(ws.path), "users": 2})
+    assert KEY in found and "0x" + "ab" * 32 in found
+    assert set(ws.private_keys()) <= set(found) and ws.mnemonic in found
+
+
+def test_criteria_from_config_with_fallback(tmp_path):
+    path = _passing_dir(tmp_path)
+    custom = tmp_path / "one.yaml"
+    row = {"id": "p95", "label": "Only p95", "metric": "p95_s", "op": "<", "target": 90}
+    custom.write_text(json.dumps({"name": "one", "criteria": [row]}))
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "criteria": str(custom)}))
+    report.render(path)
+    assert json.loads((path / "summary.json").read_text())["criteria_name"] == "one"
+    (path / "config.json").write_text(json.dumps({**config, "criteria": "gone/missing.yaml"}))
+    html = report.render(path).read_text(encoding="utf-8")
+    assert "not available here" in html
+    assert json.loads((path / "summary.json").read_text())["criteria_name"] == "ms03"
+
+
+def test_cli_renders_again_from_the_dir_alone(tmp_path):
+    path = _passing_dir(tmp_path)
+    report.render(path)
+    shutil.rmtree(path / "figures")
+    (path / "report.html").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "report", str(path)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(path / "report.html")
+    assert (path / "figures" / "latency_histogram.png").is_file()
+    assert "verdict: PASSED" in proc.stderr
+
+
+def test_main_reports_a_bad_dir(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "events.jsonl" in capsys.readouterr().err

@@ -440,3 +440,26 @@ async def test_a_pending_tx_can_be_replaced_with_higher_fees(private_chain):
     finally:
         await relayer.close()
         await chain.close_web3(w3)
+
+
+async def test_a_stale_nonce_is_resynced_and_retried_on_another_account(private_chain):
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    keys = [anvil.dev_key(4), anvil.dev_key(5)]
+    relayer = Relayer(w3, contracts[PERMISSIONS], keys, confirm_poll_s=0.05)
+    try:
+        await relayer.start()
+        # Someone else spends a nonce of the account picked first (round-robin starts at 0).
+        await chain.send_tx(
+            w3,
+            keys[0],
+            {"to": anvil.dev_address(0), "value": 0, "gas": 21000},
+            chain.NonceManager(w3, anvil.dev_address(4)),
+        )
+        user_key = new_key()
+        tx_hash = await relayer.relay(*bare_permission(contracts, user_key, 0))
+        assert (await chain.wait_receipt(w3, tx_hash, 10, 0.05))["status"] == 1
+        assert relayer.retries == 1
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)

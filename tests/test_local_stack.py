@@ -163,14 +163,25 @@ def cli_stack() -> Iterator[tuple[subprocess.Popen, dict]]:
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    workdir = None
     try:
-        yield proc, json.loads(read_line(proc, 60))
+        endpoints = json.loads(read_line(proc, 60))
+        workdir = stack_workdir(proc)
+        yield proc, endpoints
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+        if workdir is not None:  # a killed owner cannot remove its temp workdir
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stack_workdir(proc: subprocess.Popen) -> Path:
+    """The owner's temp workdir: a component's stdout is `<workdir>/logs/<name>.log`."""
+    child = psutil.Process(proc.pid).children()[0]
+    return Path(os.readlink(f"/proc/{child.pid}/fd/1")).parent.parent
 
 
 def read_line(proc: subprocess.Popen, timeout_s: float) -> str:

@@ -241,7 +241,7 @@ def step_breakdown(results: analysis.Results) -> Figure:
     ax.invert_yaxis()  # first step on top
     ax.set_xlabel("step duration (s)" + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_title(f"{title}: p50 / p95, in flow order")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # the first steps (top) are the short ones
     ax.margins(x=0.25)
     return fig
 
@@ -304,6 +304,7 @@ def _throughput_bars(ax, thr: pd.DataFrame, bin_s: float) -> None:
         label="failed",
         edgecolor="white",
     )
+    ax.set_ylim(0, max(1.0, float((ok + failed).max())) * 1.25)  # headroom for the legend
     partial = thr[thr["partial"]]
     for t0 in partial["t_start"]:  # the last window is cut short by the run's end
         ax.axvspan(t0, t0 + bin_s, fill=False, hatch="//", ec="#bbbbbb", lw=0)

@@ -42,7 +42,8 @@ FIGURE_CAPTIONS = {
     "step_breakdown": "Where a flow spends its time: p50 and p95 of each step, in flow order.",
     "timeline": "Flows in flight, completed flows per minute and the driver's event-loop lag.",
     "resources": "System CPU and network, the stack's queues, then CPU, memory and sockets of "
-    "each process.",
+    "each process. System CPU and network count everything on the machine, not only the "
+    "workbench and its stack.",
     "errors": "Flows that did not succeed, by error class (with the component at fault) and "
     "by the step they failed at.",
     "capacity_curve": "Throughput and p95 latency against users, with the knee marked.",
@@ -311,7 +312,11 @@ def _judged(summary: Mapping[str, Any], metric: str) -> str:
 
 
 def _ratio(k: Any, n: Any) -> str:
-    return f"{k}/{n} ({k / n:.0%})" if n else "n/a (none attempted)"
+    """`24/25 (96%)`; one decimal when rounding would hide a miss (89.7% is not 90%)."""
+    if not n:
+        return "n/a (none attempted)"
+    pct = 100 * k / n
+    return f"{k}/{n} ({pct:.0f}%)" if pct == round(pct) else f"{k}/{n} ({pct:.1f}%)"
 
 
 def _performance_lines(s: Mapping[str, Any]) -> list[str]:
@@ -591,6 +596,8 @@ def build_notebook(
         cells.append(_md("## What was simulated\n\n" + "\n".join(f"- {n}" for n in notes)))
     cells.append(_md("## Run configuration"))
     cells.append(_html(config_table_html(results.config)))
+    for i, cell in enumerate(cells):
+        cell.id = f"wb-{i:02d}"  # nbformat's ids are random: fixed ones make re-renders identical
     nb = new_notebook(cells=cells)
     nb.metadata["title"] = f"{title}: {summary['run_id']} ({summary['outcome']})"
     return nb

@@ -248,9 +248,10 @@ class Sampler:
         if proc is None and component not in self._dead:
             try:
                 proc = psutil.Process(self.processes[component])
-                proc.cpu_percent(None)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except psutil.NoSuchProcess:
                 return None
+            with contextlib.suppress(psutil.Error):  # denied: sample what we may; gone: next tick
+                proc.cpu_percent(None)
             self._procs[component] = proc
         return proc
 

@@ -77,6 +77,7 @@ class RelayAccount:
     nonces: NonceManager
     pending: dict[int, PendingTx] = field(default_factory=dict)
     reserved: int = 0  # submissions chosen this account but not sent yet
+    stale: bool = False  # a resync failed: resync before the next nonce, or a gap would stall
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -232,6 +233,9 @@ class Relayer:
         try:
             async with acct.lock:
                 try:
+                    if acct.stale:
+                        await acct.nonces.resync()
+                        acct.stale = False
                     nonce = await acct.nonces.next()
                 except (Web3RPCError, *TRANSPORT_ERRORS) as e:
                     self.relay_errors += 1
@@ -251,7 +255,7 @@ class Relayer:
             return tx_hash
         except (Web3RPCError, ValueError) as e:
             message = str(e).lower()
-            await acct.nonces.resync()
+            await self._resync(acct)
             if "already known" in message:
                 return tx_hash  # this very transaction is in the pool: it was sent
             if any(s in message for s in STALE_NONCE):
@@ -265,12 +269,20 @@ class Relayer:
             self.relay_errors += 1
             raise RelayError(504, f"send: RPC unreachable: {type(e).__name__}: {e}") from None
 
+    async def _resync(self, acct: RelayAccount) -> None:
+        try:
+            await acct.nonces.resync()
+        except (Web3RPCError, *TRANSPORT_ERRORS) as e:
+            acct.stale = True
+            log.warning("nonce resync of %s failed: %s", acct.address, e)
+
     async def _was_accepted(self, acct: RelayAccount, nonce: int) -> bool:
         try:
             count = await self.w3.eth.get_transaction_count(acct.address, "pending")
-            await acct.nonces.resync()
         except (Web3RPCError, *TRANSPORT_ERRORS):
-            return False  # unknown: the next send's "nonce too low" resyncs it
+            acct.stale = True  # unknown: the next send on this account resyncs first
+            return False
+        await self._resync(acct)
         return count > nonce
 
     # --- replacing a stuck transaction
@@ -327,6 +339,9 @@ class Relayer:
                 return (await self.w3.eth.get_transaction_receipt(tx_hash))["status"]
             except TransactionNotFound:
                 continue
+            except (Web3RPCError, *TRANSPORT_ERRORS) as e:  # only the gauge misses this one
+                log.warning("receipt of %s unreadable: %s", tx_hash, e)
+                return None
         return None
 
 

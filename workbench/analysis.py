@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +81,7 @@ COMPONENT_ORDER = ("driver", "system", "anvil", "storage", "api", "personal", "s
 UPLOAD_STEPS = ("upload_file", "upload_grant")
 API_STEPS = ("relay", "inference_submit", "inference_poll")
 API_ERROR_CLASSES = ("http", "timeout")
+MIN_TREND_SPAN_S = 30.0  # shortest steady span whose RSS slope means anything
 WARMUP_FRAC = 0.2
 QUANTILES = {"p50": 50, "p95": 95, "p99": 99}
 
@@ -454,20 +456,38 @@ def resources(samples_df: pd.DataFrame) -> pd.DataFrame:
     return table.loc[order].rename_axis("component")
 
 
+def workbench_cpu(samples_df: pd.DataFrame, cpu_count: int) -> dict[str, float | None]:
+    """CPU of the driver plus every stack process, as % of all cores (0-100), avg and peak.
+
+    This is the box's load caused by the run itself; system-wide CPU would also count whatever
+    else shares the machine, which makes a verdict depend on the neighbours.
+    """
+    cpu = samples_df[(samples_df["metric"] == "cpu_pct") & (samples_df["component"] != "system")]
+    if cpu.empty or cpu_count < 1:
+        return {"avg": None, "peak": None}
+    per_tick = cpu.groupby("t")["value"].sum() / cpu_count
+    return {"avg": float(per_tick.mean()), "peak": float(per_tick.max())}
+
+
 def memory_trend(
     samples_df: pd.DataFrame,
     component: str = "driver",
     warmup_frac: float = WARMUP_FRAC,
     min_points: int = 5,
+    min_span_s: float = MIN_TREND_SPAN_S,
 ) -> dict[str, Any] | None:
-    """RSS slope (MB/min) over the steady part via linregress; None with fewer than `min_points`."""
+    """RSS slope (MB/min) over the steady part via linregress.
+
+    None with fewer than `min_points` samples or a steady part shorter than `min_span_s`: over a
+    few seconds the slope measures warm-up and allocator noise, not a leak.
+    """
     rss = samples_df[(samples_df["component"] == component) & (samples_df["metric"] == "rss_mb")]
     series = rss.groupby("t")["value"].sum()
     if len(series) < min_points:
         return None
     t0, t1 = series.index.min(), series.index.max()
     steady = series[series.index >= t0 + warmup_frac * (t1 - t0)]
-    if len(steady) < min_points:
+    if len(steady) < min_points or steady.index.max() - steady.index.min() < min_span_s:
         return None
     fit = stats.linregress(steady.index.to_numpy(dtype=float), steady.to_numpy(dtype=float))
     return {
@@ -589,6 +609,8 @@ def summarize(
     api = api_errors(steps, samples)
     errs = error_classes(flows)
     inflight = concurrency(flows)
+    cpus = int(results.config.get("cpu_count") or os.cpu_count() or 1)
+    run_cpu = workbench_cpu(samples, cpus)
     s: dict[str, Any] = {
         **_run_facts(results),
         "flows_total": rates["flows"]["n"],
@@ -619,8 +641,11 @@ def summarize(
         "api_errors": api["total"],
         "api": api,
         "peak_rss_mb": _cell(res, "driver", "peak_rss_mb"),
-        "avg_cpu_pct": _cell(res, "system", "avg_cpu_pct"),
-        "peak_cpu_pct": _cell(res, "system", "peak_cpu_pct"),
+        "avg_cpu_pct": run_cpu["avg"],
+        "peak_cpu_pct": run_cpu["peak"],
+        "cpu_count": cpus,
+        "system_avg_cpu_pct": _cell(res, "system", "avg_cpu_pct"),
+        "system_peak_cpu_pct": _cell(res, "system", "peak_cpu_pct"),
         "memory_slope_mb_per_min": trend["slope_mb_per_min"] if trend else None,
         "memory_trend": trend,
         "resources": res.to_dict(orient="index"),

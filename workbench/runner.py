@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import random
 import sys
@@ -186,7 +187,7 @@ class Runner:
         return ws
 
     def _sampler(self, target: Target):
-        from workbench.sampler import Sampler
+        from workbench.sampler import LoopLagProbe, Sampler
 
         self.console.say("📊 Starting metrics collection...")
         ep = target.endpoints
@@ -205,6 +206,7 @@ class Runner:
             gauges=gauges,
             rpc_url=ep.rpc_url if target.kind == "local" else None,
             clock=self.clock,
+            lag_probe=LoopLagProbe(),
         )
 
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
@@ -310,6 +312,7 @@ class Runner:
             "wallet_addresses": ws.addresses,
             "inference_backend": "simulated" if target.kind == "local" else "remote",
             "versions": versions(),
+            "cpu_count": os.cpu_count(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (self.dir / "config.json").write_text(

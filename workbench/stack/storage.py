@@ -2,14 +2,21 @@
 
 `python -m workbench.stack.storage`, config (`WORKBENCH_COMPONENT`, JSON):
   port (0 = any free), data_dir (default: a temp dir removed on exit),
-  max_upload_bytes (default 10 MiB), upload_latency_ms [lo, hi] (default [0, 0]), seed (optional).
+  max_upload_bytes (default 10 MiB), upload_latency_ms [lo, hi] (default [0, 0]), seed (optional),
+  faults {fail_rate, slow_rate, slow_ms: [lo, hi]} (optional): injected upload faults, drawn per
+  upload. A failed upload answers 500 or 503 JSON after reading the body and stores nothing; a
+  slow one waits slow_ms more.
 
 Routes:
   POST /api/v0/add          multipart, field `file` -> {"Name", "Hash", "Size"} (Size a string)
   POST /api/v0/cat?arg=CID  the bytes (`arg` may also be `/ipfs/CID`)
   GET  /ipfs/{cid}          the bytes (gateway)
-  POST /api/v0/pin/rm?arg=CID  deletes the object at once (Kubo only unpins and leaves the bytes
-                            to its GC; here nothing else references them) -> {"Pins": [CID]}
+  POST /api/v0/pin/rm?arg=CID[&arg=CID…]  deletes the objects at once (Kubo only unpins and
+                            leaves the bytes to its GC; here nothing else references them)
+                            -> {"Pins": [CID…], "BytesFreed": N}; 404 (nothing removed) if any
+                            is unknown
+Gauges: objects, bytes, uploads, upload_errors (bad requests), removed, bytes_freed,
+injected_failures, injected_slow.
 
 CIDs are CIDv1, raw codec, sha2-256, base32 lower case: what Kubo answers with
 `--cid-version=1 --raw-leaves` for a file that fits one block.
@@ -29,6 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from workbench.errors import WorkbenchError
 from workbench.stack.server import ApiError, component_config, make_app, query_arg, run
 
 CID_VERSION_1 = 0x01
@@ -112,18 +120,70 @@ class ObjectStore:
         return sizes
 
 
+# --- injected faults ----------------------------------------------------------------------------
+
+
+class StorageFaults:
+    """The `faults` config: which uploads fail (500/503) and which are slowed, one draw each."""
+
+    def __init__(self, config: dict | None, rng: random.Random):
+        config = config or {}
+        self.fail_rate = _rate(config, "fail_rate")
+        self.slow_rate = _rate(config, "slow_rate")
+        self.slow_ms = _range_ms(config.get("slow_ms", [0, 0]))
+        self.rng = rng
+        self.failures = self.slowed = 0
+
+    def delay_s(self) -> float:
+        """Extra latency for this upload (0 unless it drew a slow fault)."""
+        if not self.slow_rate or self.rng.random() >= self.slow_rate:
+            return 0.0
+        self.slowed += 1
+        return self.rng.uniform(*self.slow_ms) / 1000
+
+    def failure(self) -> int | None:
+        """The status this upload fails with, or None. Both say "retry later" to a client."""
+        if not self.fail_rate or self.rng.random() >= self.fail_rate:
+            return None
+        self.failures += 1
+        return self.rng.choice((500, 503))
+
+
+def _rate(config: dict, name: str) -> float:
+    value = config.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise WorkbenchError(f"faults.storage.{name}", f"{value!r} is not in 0..1", "use 0..1")
+    return float(value)
+
+
+def _range_ms(value) -> tuple[float, float]:
+    ok = isinstance(value, list | tuple) and len(value) == 2
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not ok or not 0 <= value[0] <= value[1]:
+        raise WorkbenchError("faults.storage.slow_ms", f"{value!r}", "use [lo, hi], 0 <= lo <= hi")
+    return float(value[0]), float(value[1])
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 
 class StorageServer:
-    """Routes plus the gauges `objects, bytes, uploads, upload_errors`."""
+    """Routes plus the gauges (see the module docstring)."""
 
-    def __init__(self, store: ObjectStore, max_upload_bytes: int, latency_ms, rng: random.Random):
+    def __init__(
+        self,
+        store: ObjectStore,
+        max_upload_bytes: int,
+        latency_ms,
+        rng: random.Random,
+        faults: StorageFaults | None = None,
+    ):
         self.store, self.max_upload_bytes = store, max_upload_bytes
         self.latency_ms, self.rng = (float(latency_ms[0]), float(latency_ms[1])), rng
+        self.faults = faults or StorageFaults(None, rng)
         self.sizes = store.scan()  # the index, only touched on the event loop
         self.total_bytes = sum(self.sizes.values())
-        self.uploads = self.upload_errors = 0
+        self.uploads = self.upload_errors = self.removed = self.bytes_freed = 0
 
     def gauges(self) -> dict[str, int]:
         return {
@@ -131,6 +191,10 @@ class StorageServer:
             "bytes": self.total_bytes,
             "uploads": self.uploads,
             "upload_errors": self.upload_errors,
+            "removed": self.removed,
+            "bytes_freed": self.bytes_freed,
+            "injected_failures": self.faults.failures,
+            "injected_slow": self.faults.slowed,
         }
 
     async def add(self, request: web.Request) -> web.Response:
@@ -139,12 +203,16 @@ class StorageServer:
         except (ApiError, web.HTTPException):
             self.upload_errors += 1
             raise
+        # Stands for network transfer and pinning latency of a remote storage provider.
+        delay_ms = self.rng.uniform(*self.latency_ms)
+        await asyncio.sleep(delay_ms / 1000 + self.faults.delay_s())
+        # An injected failure comes after the transfer, as a provider's would, and stores nothing.
+        if (status := self.faults.failure()) is not None:
+            raise ApiError(status, "storage unavailable (injected fault); retry later")
         cid = await asyncio.to_thread(self.store.put, data)
         if cid not in self.sizes:
             self.sizes[cid] = len(data)
             self.total_bytes += len(data)
-        # Stands for network transfer and pinning latency of a remote storage provider.
-        await asyncio.sleep(self.rng.uniform(*self.latency_ms) / 1000)
         self.uploads += 1
         return web.json_response({"Name": name or cid, "Hash": cid, "Size": str(len(data))})
 

@@ -1,0 +1,232 @@
+"""Driver cost under load: CPU per flow against the crypto floor, event-loop lag, memory, success.
+
+For each user count, one fresh process runs the real `Runner` (embedded stack on the `fast`
+profile, one flow per user, `burst` by default: every user starts at t=0) and reports, for the
+flows phase only (from the first launch to the last outcome):
+
+- `wall_s`, `flows_per_min`, `success_rate`, flow duration p50/p95;
+- `driver_cpu_s_per_flow`: user+system CPU of the driver's own pid (psutil; every thread of it:
+  event loop, crypto pool, sampler), divided by the flows. The stack's servers and anvil are
+  separate processes and are not in it; nothing is subtracted. `threads` splits it by thread;
+- `crypto_floor_ms`: what the flow's client-side crypto costs timed alone in the same process right
+  after the run (`benchmarks/crypto.py`'s `crypto_floor` on the same data sizes), and `cpu_vs_floor`
+  = driver CPU per flow / floor;
+- `loop_lag_ms`: p50/p99/max delay of the run's 10 ms asyncio ticker (the Runner's `LoopLagProbe`,
+  on the driver loop) while the flows ran;
+- `peak_rss_mb`: the driver process's peak RSS (getrusage; the whole process lifetime, which is
+  one run) and `rss_end_mb`.
+
+    .venv/bin/python benchmarks/driver.py [--users 50 500] [--shape burst|staggered --ramp-s 2]
+                                          [--data-size medium] [--repeats 20]
+
+Prints one JSON document. Each user count runs in its own process so peak RSS is per run.
+Wallets go to a temporary wallet file (not the shared `.wallets/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: import the project without an install
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _pct(values: list[float], q: float) -> float:
+    """Inclusive quantile q in [0, 1] (median for 0.5)."""
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[round(q * 100) - 1] if q < 1 else max(values)
+
+
+def _thread_names() -> dict[int, str]:
+    return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+
+
+def _thread_group(name: str, main_id: int, tid: int) -> str:
+    if tid == main_id:
+        return "event_loop"
+    for prefix in ("crypto", "sampler"):
+        if name.startswith(prefix):
+            return prefix
+    return "other"
+
+
+def _loop_profiler():
+    """`BENCH_CPROFILE=path`: cProfile of the event-loop thread during the flows phase (for
+    finding hot spots; it inflates the CPU figures, so never quote a profiled run)."""
+    if not os.environ.get("BENCH_CPROFILE"):
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: int) -> dict:
+    """One run in this process; returns its figures."""
+    import psutil
+    from crypto import crypto_floor  # benchmarks/crypto.py
+
+    from workbench.config import RunConfig
+    from workbench.events import read_events
+    from workbench.runner import Runner
+    from workbench.shapes import make_user_data
+
+    class MeasuredRunner(Runner):
+        """The real Runner; only brackets its flows phase with measurements."""
+
+        def _sampler(self, target):
+            self.bench_sampler = super()._sampler(target)
+            return self.bench_sampler
+
+        async def _drive(self, ctx, ws):
+            proc, probe = psutil.Process(), self.bench_sampler.lag_probe
+            lag_from = len(probe.delays_ms)
+            before = {t.id: t.user_time + t.system_time for t in proc.threads()}
+            cpu0, t0 = proc.cpu_times(), time.perf_counter()
+            profiler = _loop_profiler()
+            try:
+                await super()._drive(ctx, ws)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(os.environ["BENCH_CPROFILE"])
+                wall = time.perf_counter() - t0
+                cpu1 = proc.cpu_times()
+                after = {t.id: t.user_time + t.system_time for t in proc.threads()}
+                names, groups = _thread_names(), Counter()
+                for tid, cpu in after.items():
+                    group = _thread_group(names.get(tid, "?"), threading.main_thread().native_id, tid)
+                    groups[group] += cpu - before.get(tid, 0.0)
+                lag = sorted(probe.delays_ms[lag_from:])
+                self.bench = {
+                    "wall_s": wall,
+                    "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+                    "cpu_user_s": cpu1.user - cpu0.user,
+                    "cpu_system_s": cpu1.system - cpu0.system,
+                    "threads_cpu_s": {k: round(v, 3) for k, v in sorted(groups.items())},
+                    "lag": lag,
+                    "rss_end_mb": proc.memory_info().rss / 2**20,
+                }
+
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-driver-"))
+    os.environ["WORKBENCH_WALLET_FILE"] = str(out_dir / "wallets.json")
+    config = RunConfig.from_params(
+        users=users,
+        profile="fast",
+        shape=shape,
+        ramp_s=ramp_s,
+        data_size=data_size,
+        output_dir=str(out_dir),
+        seed=0,
+    )
+    runner = MeasuredRunner(config, progress=True, out=sys.stderr)
+    outcome = asyncio.run(runner.execute())
+    b = runner.bench
+    events = read_events(outcome.results_dir / "events.jsonl")
+    flows = [e for e in events if e.get("kind") == "flow"]
+    durations = [e["duration_s"] for e in flows if e["ok"]]
+    failures = Counter(f"{e['failed_step']}:{e['error_class']}" for e in flows if not e["ok"])
+
+    # The floor, timed alone in this process after the run (same sizes of data as the flows).
+    sizes = Counter(e["data_size"] for e in flows)
+    floors = {
+        size: crypto_floor(make_user_data(size, 0, seed=0), repeats)["flow_floor"]["cpu_ms"]
+        for size in sizes
+    }
+    floor_ms = sum(floors[s] * n for s, n in sizes.items()) / max(1, len(flows))
+    n = max(1, len(flows))
+    cpu_per_flow_ms = b["cpu_s"] / n * 1e3
+    lag = b["lag"]
+    return {
+        "users": users,
+        "shape": shape if shape == "burst" else f"{shape} over {ramp_s:g} s",
+        "data_size": data_size,
+        "flows": len(flows),
+        "ok": sum(e["ok"] for e in flows),
+        "success_rate": round(sum(e["ok"] for e in flows) / n, 4),
+        "failures": dict(failures),
+        "wall_s": round(b["wall_s"], 3),
+        "flows_per_min": round(len(flows) / b["wall_s"] * 60, 1),
+        "flow_duration_s": {
+            "p50": round(_pct(durations, 0.5), 3),
+            "p95": round(_pct(durations, 0.95), 3),
+        },
+        "driver_cpu_s": round(b["cpu_s"], 3),
+        "driver_cpu_ms_per_flow": round(cpu_per_flow_ms, 2),
+        "threads_cpu_s": b["threads_cpu_s"],
+        "crypto_floor_ms": round(floor_ms, 2),
+        "crypto_floor_by_size_ms": floors,
+        "cpu_vs_floor": round(cpu_per_flow_ms / floor_ms, 2) if floor_ms else None,
+        "loop_lag_ms": {
+            "p50": round(_pct(lag, 0.5), 2),
+            "p99": round(_pct(lag, 0.99), 2),
+            "max": round(max(lag, default=0.0), 2),
+            "ticks": len(lag),
+        },
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_end_mb": round(b["rss_end_mb"], 1),
+        "results_dir": str(outcome.results_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--shape", default="burst", choices=["burst", "staggered"])
+    parser.add_argument("--ramp-s", type=float, default=0.0, help="for --shape staggered")
+    parser.add_argument("--data-size", default="medium", help="small | medium | large | mixed")
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of each floor op")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+    ramp_s = args.ramp_s if args.shape == "staggered" else 0.0
+    if args.one:
+        figures = measure_one(args.users[0], args.shape, ramp_s, args.data_size, args.repeats)
+        print(json.dumps(figures))
+        return
+    runs = []
+    for users in args.users:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--one",
+            "--users",
+            str(users),
+            "--shape",
+            args.shape,
+            "--ramp-s",
+            str(ramp_s),
+            "--data-size",
+            args.data_size,
+            "--repeats",
+            str(args.repeats),
+        ]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            runs.append({"users": users, "error": f"exit {done.returncode}"})
+            continue
+        runs.append(json.loads(lines[-1]))
+    print(json.dumps({"profile": "fast", "cpus": os.cpu_count(), "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 Dev-account use on the shared `anvil` chain (see docs/ARCHITECTURE.md "Local keys"): 0 deployer,
 1 app (grantee 1). Modules that send pick their own indices so nonces never collide:
-10 test_contracts, 11 test_personal_server, 14-16 test_chain, 19 receives only.
+10 test_contracts, 11 test_personal_server, 14-16 test_chain, 18 test_wallets, 19 receives only.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ async def test_remove_deletes_and_updates_gauges(storage):
         _, added = await add(s, storage, data)
         before = await (await s.get(f"{storage}/metrics")).json()
         async with s.post(f"{storage}/api/v0/pin/rm", params={"arg": added["Hash"]}) as resp:
-            assert resp.status == 200 and await resp.json() == {"Pins": [added["Hash"]]}
+            freed = {"Pins": [added["Hash"]], "BytesFreed": len(data)}
+            assert resp.status == 200 and await resp.json() == freed
         after = await (await s.get(f"{storage}/metrics")).json()
         assert after["objects"] == before["objects"] - 1
         assert after["bytes"] == before["bytes"] - len(data)

@@ -202,8 +202,8 @@ class FlowRun:
             password = await ctx.cpu(crypto.encryption_key, w.private_key)
         async with self.step("encrypt"):
             blob = await ctx.cpu(crypto.encrypt_file, data, password)
-        async with self.step("upload_file"):
-            file_url = await self.upload(blob, "data.pgp")
+        async with self.step("upload_file") as attempts:
+            file_url = await self.upload(attempts, blob, "data.pgp")
         async with self.step("resolve_grantee"):
             grantee = (
                 await ctx.contract("DataPortabilityGrantees")
@@ -211,13 +211,13 @@ class FlowRun:
                 .call()
             )
             grantee_address = _grantee_address(grantee)
-        async with self.step("upload_grant"):
+        async with self.step("upload_grant") as attempts:
             grant = {
                 "grantee": grantee_address,
                 "operation": "llm_inference",
                 "parameters": {"prompt": s.prompt, "response_format": {"type": "json_object"}},
             }
-            grant_url = await self.upload(json.dumps(grant).encode(), "grant.json")
+            grant_url = await self.upload(attempts, json.dumps(grant).encode(), "grant.json")
         async with self.step("server_identity"):
             identity = await self.get_json(
                 f"{ep.personal_server_url}/identity", params={"address": w.address}
@@ -266,12 +266,17 @@ class FlowRun:
         async with self.step("inference_poll") as attempts:
             self.rec.result = await self.poll(attempts)
 
-    async def upload(self, blob: bytes, name: str) -> str:
-        form = aiohttp.FormData()
-        form.add_field("file", blob, filename=name, content_type="application/octet-stream")
-        answer = await self.request(
-            "POST", f"{self.ctx.endpoints.storage_url}/api/v0/add", data=form
-        )
+    async def upload(self, attempts: list[int], blob: bytes, name: str) -> str:
+        """Uploads are content-addressed: a retry stores the same object under the same CID, so
+        transient failures are retried like inference calls."""
+        url = f"{self.ctx.endpoints.storage_url}/api/v0/add"
+
+        def send() -> Awaitable[Any]:  # a fresh form per attempt: aiohttp sends one only once
+            form = aiohttp.FormData()
+            form.add_field("file", blob, filename=name, content_type="application/octet-stream")
+            return self.request("POST", url, data=form)
+
+        answer = await self.retrying(attempts, send)
         self.rec.extra.setdefault("stored", []).append({"cid": answer["Hash"], "bytes": len(blob)})
         return f"ipfs://{answer['Hash']}"
 
@@ -296,8 +301,9 @@ class FlowRun:
             status = data.get("status")
             if status == "succeeded":
                 return data.get("result")
-            if status not in RUNNING:
-                raise FlowError("inference", f"operation ended {status}: {_short(data)}")
+            if status not in RUNNING:  # failed (or unknown): final for this flow, never resubmitted
+                detail = data.get("error") or _short(data)
+                raise FlowError("inference", f"operation ended {status}: {detail}")
             await asyncio.sleep(s.poll_interval_s)
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
@@ -306,7 +312,12 @@ class FlowRun:
         for attempt in range(1, s.retry_attempts + 1):
             try:
                 return await call()
-            except (aiohttp.ClientConnectionError, TimeoutError, HttpStatusError) as e:
+            except (
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,  # a body cut short: the server died mid-answer
+                TimeoutError,
+                HttpStatusError,
+            ) as e:
                 transient = not isinstance(e, HttpStatusError) or e.status in TRANSIENT_HTTP
                 if not transient or attempt == s.retry_attempts:
                     raise
@@ -408,6 +419,8 @@ def classify(step: str, exc: BaseException) -> str:
     if isinstance(exc, HttpStatusError):
         text = str(exc.body).lower()
         if step == "relay":
+            if exc.status >= 500:  # the API server or what it relays through failed, not the tx
+                return "relay"
             if "nonce" in text:
                 return "nonce"
             if exc.status in (409, 422) or "revert" in text:

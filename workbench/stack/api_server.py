@@ -181,6 +181,8 @@ class ApiServer:
         if status != 200 or "status" not in answer:
             raise _downstream(status, answer)
         data = {"status": answer["status"], "result": answer.get("result")}
+        if answer.get("error"):  # why a failed operation failed, for the client's record
+            data["error"] = answer["error"]
         return web.json_response({"success": True, "data": data})
 
     async def _personal(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict]:

@@ -152,6 +152,39 @@ def _output(content: str, params: dict) -> Any:
         raise InferenceError("model answer is not the JSON the response_format asked for") from None
 
 
+class FaultyBackend:
+    """Wraps a backend to inject faults (`faults` config: `fail_rate`, `timeout_rate`), one draw
+    per call: a failure raises InferenceError at once; a timeout hangs until the caller's own
+    deadline cancels it, as a stuck remote model would."""
+
+    def __init__(self, backend: Backend, faults: dict, rng: random.Random | None = None):
+        self.backend, self.rng = backend, rng or random.Random()
+        self.fail_rate = _rate(faults, "fail_rate")
+        self.timeout_rate = _rate(faults, "timeout_rate")
+        if self.fail_rate + self.timeout_rate > 1:
+            raise WorkbenchError(
+                "faults.inference", "fail_rate + timeout_rate exceeds 1", "lower them"
+            )
+        self.failures = self.timeouts = 0
+
+    async def infer(self, prompt: str, files: list[bytes], params: dict) -> dict:
+        draw = self.rng.random()
+        if draw < self.fail_rate:
+            self.failures += 1
+            raise InferenceError("injected inference failure")
+        if draw < self.fail_rate + self.timeout_rate:
+            self.timeouts += 1
+            await asyncio.Event().wait()  # never set: only the caller's timeout ends this
+        return await self.backend.infer(prompt, files, params)
+
+
+def _rate(config: dict, name: str) -> float:
+    value = config.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise WorkbenchError(f"faults.inference.{name}", f"{value!r} is not in 0..1", "use 0..1")
+    return float(value)
+
+
 def make_backend(
     config: dict, session: aiohttp.ClientSession | None = None, rng: random.Random | None = None
 ) -> Backend:

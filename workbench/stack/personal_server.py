@@ -4,7 +4,10 @@
   port (0 = any free), rpc_url, chain_id, storage_url,
   contracts {DataPortabilityPermissions, DataPortabilityGrantees, DataRegistry: address},
   inference {backend: simulated|openai, latency_s: [lo, hi], workers, max_queue (0 = unbounded),
+             timeout_s (one operation's inference, default 120),
              openai: {base_url, model, api_key_env, timeout_s}},
+  faults {fail_rate, timeout_rate, max_queue} (optional): injected inference faults, one draw per
+             operation (see inference.FaultyBackend); max_queue here overrides inference.max_queue,
   decrypt_workers (threads, default 2), fetch_timeout_s (default 30), seed (latency RNG).
 Secrets (`WORKBENCH_SECRETS`): server_seed (hex). Each user gets their own server key,
 keccak256(seed || user address) as a secp256k1 scalar, so users cannot read each other's files.
@@ -14,7 +17,14 @@ Routes:
   POST /operations             {"app_signature", "operation_request_json": "{\"permission_id\": N}"}
                                -> 202 {"kind": "OperationCreated", "id", "status", ...}
   GET  /operations/{id}        {"kind": "OperationStatus", "id", "status", "result", ...}
-Gauges: submitted, queue_depth, in_flight, done (succeeded), failed.
+Gauges: submitted, queue_depth, in_flight, done (succeeded), failed, timed_out (inference over
+timeout_s), rejected (503: queue full), injected_failures, injected_timeouts.
+
+Submission is idempotent per permission while its operation is live or succeeded: a retried
+submit gets the same operation. Once it failed (or the server stopped it), a new submit starts a
+fresh operation: a failure here is the server's, not the permission's, and a client that decides to
+retry should be able to. The failed operation stays readable under its id, and the workbench's
+flow never resubmits after a poll answered `failed` (it is final for that flow).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from workbench import chain
 from workbench.crypto import decrypt_file, ecies_decrypt, recover_personal
 from workbench.errors import WorkbenchError
-from workbench.stack.inference import Backend, make_backend
+from workbench.stack.inference import Backend, FaultyBackend, InferenceError, make_backend
 from workbench.stack.server import (
     ApiError,
     component_config,
@@ -54,6 +64,8 @@ from workbench.stack.server import (
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SERVER_KEY = web.AppKey("personal_server", object)
 OPERATION_KIND = "llm_inference"
+DEFAULT_INFERENCE_TIMEOUT_S = 120.0
+RESUBMITTABLE = frozenset({"failed", "canceled"})  # end states a new submit replaces
 CONTRACTS = ("DataPortabilityPermissions", "DataPortabilityGrantees", "DataRegistry")
 log = logging.getLogger("workbench.stack.personal_server")
 
@@ -148,13 +160,19 @@ class PersonalServer:
         self.config = config
         self.identities = Identities(seed)
         inference = config.get("inference") or {}
+        self.faults = config.get("faults") or {}
         self.workers_n = int(inference.get("workers", 4))
-        self.queue: asyncio.Queue[Operation] = asyncio.Queue(int(inference.get("max_queue") or 0))
+        max_queue = self.faults.get("max_queue", inference.get("max_queue"))
+        self.queue: asyncio.Queue[Operation] = asyncio.Queue(int(max_queue or 0))
+        self.timeout_s = float(inference.get("timeout_s", DEFAULT_INFERENCE_TIMEOUT_S))
+        if not self.timeout_s > 0:
+            raise WorkbenchError("inference.timeout_s", "must be > 0", "use seconds, e.g. 120")
         self.ops: dict[str, Operation] = {}
         self.by_permission: dict[int, Operation] = {}
         self.preparing: dict[int, asyncio.Future[Operation]] = {}
         self.grantee_addresses: dict[int, str] = {}  # grantees never change address: cache
         self.submitted = self.in_flight = self.done = self.failed = 0
+        self.timed_out = self.rejected = 0
         self.fetch_timeout = aiohttp.ClientTimeout(total=float(config.get("fetch_timeout_s", 30)))
         # Threads suffice: workbench.crypto's S2K (nearly all of the cost) runs in hashlib,
         # which releases the GIL, so decryption neither blocks the loop nor serialises.
@@ -164,12 +182,18 @@ class PersonalServer:
         self.w3 = None
 
     def gauges(self) -> dict[str, int]:
+        backend = getattr(self, "backend", None)
+        injected = backend if isinstance(backend, FaultyBackend) else None
         return {
             "submitted": self.submitted,
             "queue_depth": self.queue.qsize(),
             "in_flight": self.in_flight,
             "done": self.done,
             "failed": self.failed,
+            "timed_out": self.timed_out,
+            "rejected": self.rejected,
+            "injected_failures": injected.failures if injected else 0,
+            "injected_timeouts": injected.timeouts if injected else 0,
         }
 
     # --- lifecycle
@@ -185,8 +209,12 @@ class PersonalServer:
         self.grantees = self._contract("DataPortabilityGrantees")
         self.registry = self._contract("DataRegistry")
         await self._check_chain_id()
-        rng = random.Random(self.config.get("seed"))
+        seed = self.config.get("seed")
+        rng = random.Random(seed)
         self.backend: Backend = make_backend(self.config.get("inference") or {}, self.session, rng)
+        if self.faults.get("fail_rate") or self.faults.get("timeout_rate"):
+            fault_rng = random.Random(None if seed is None else f"{seed}/faults")
+            self.backend = FaultyBackend(self.backend, self.faults, fault_rng)
         self.workers = [asyncio.create_task(self._work()) for _ in range(self.workers_n)]
 
     def _contract(self, name: str):
@@ -236,6 +264,8 @@ class PersonalServer:
         permission_id = _permission_id(body["operation_request_json"])
         signer = _signer(body["operation_request_json"], body["app_signature"])
         op = self.by_permission.get(permission_id)
+        if op is not None and op.status in RESUBMITTABLE:
+            op = None  # see the module docstring: a failed operation may be started again
         if op is None:  # first submit: authorize on chain, then decrypt and queue once
             record = await self._permission(permission_id)
             _require_grantee(signer, record.grantee)
@@ -293,13 +323,17 @@ class PersonalServer:
         """Concurrent submits of one permission share a single preparation; a failed one is
         forgotten so that a retry can succeed."""
         if self.queue.full():
-            raise ApiError(503, "inference queue is full; retry later")
+            raise self._reject()
         task = self.preparing.get(permission_id)
         if task is None:
             task = asyncio.ensure_future(self._prepare(permission_id, record))
             self.preparing[permission_id] = task
             task.add_done_callback(lambda t: self._prepared(permission_id, t))
         return await asyncio.shield(task)
+
+    def _reject(self) -> ApiError:
+        self.rejected += 1
+        return ApiError(503, "inference queue is full; retry later")
 
     def _prepared(self, permission_id: int, task: asyncio.Future) -> None:
         self.preparing.pop(permission_id, None)
@@ -319,7 +353,7 @@ class PersonalServer:
         try:
             self.queue.put_nowait(op)
         except asyncio.QueueFull:
-            raise ApiError(503, "inference queue is full; retry later") from None
+            raise self._reject() from None
         self.ops[op.id] = op
         self.by_permission[permission_id] = op
         self.submitted += 1
@@ -376,8 +410,7 @@ class PersonalServer:
             self.in_flight += 1
             op.status = "processing"
             try:
-                result = await self.backend.infer(op.prompt, op.files or [], op.params)
-                self._finish(op, "succeeded", result=result)
+                self._finish(op, "succeeded", result=await self._infer(op))
             except asyncio.CancelledError:
                 self._finish(op, "canceled", error="server stopped")
                 raise
@@ -387,6 +420,19 @@ class PersonalServer:
             finally:
                 self.in_flight -= 1
                 self.queue.task_done()
+
+    async def _infer(self, op: Operation) -> Any:
+        """The backend's answer within `inference.timeout_s`; a stuck backend fails the operation
+        instead of holding a worker forever."""
+        deadline = asyncio.timeout(self.timeout_s)
+        try:
+            async with deadline:
+                return await self.backend.infer(op.prompt, op.files or [], op.params)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the backend's own timeout: its message says more
+            self.timed_out += 1
+            raise InferenceError(f"inference timeout after {self.timeout_s:g} s") from None
 
     def _finish(self, op: Operation, status: str, result: Any = None, error: str | None = None):
         op.status, op.result, op.error = status, result, error
@@ -400,7 +446,7 @@ class PersonalServer:
 def _permission_id(request_json: str) -> int:
     try:
         request = json.loads(request_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, "operation_request_json is not valid JSON") from None
     if not isinstance(request, dict):
         raise ApiError(400, "operation_request_json must be a JSON object")

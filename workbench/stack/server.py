@@ -29,6 +29,7 @@ SECRETS_ENV = "WORKBENCH_SECRETS"
 READY_PREFIX = "READY "
 HOST = "127.0.0.1"
 DEFAULT_MAX_BODY = 1024 * 1024
+UINT256_MAX = 2**256 - 1  # what the contracts take: a larger id can only be a bad request
 
 log = logging.getLogger("workbench.stack")
 
@@ -87,6 +88,8 @@ async def json_body(request: web.Request, schema: Mapping[str, type | tuple[type
         raise
     except (ValueError, LookupError) as e:  # bad JSON, bad UTF-8, unknown declared charset
         raise ApiError(400, f"body is not valid JSON: {e}") from None
+    except RecursionError:  # `[[[[…` nested deeper than the parser's stack
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     for name, kind in schema.items():
@@ -114,15 +117,19 @@ def query_arg(request: web.Request, name: str) -> str:
     return value
 
 
-def int_field(body: Mapping[str, Any], name: str, minimum: int = 0) -> int:
+def int_field(
+    body: Mapping[str, Any], name: str, minimum: int = 0, maximum: int = UINT256_MAX
+) -> int:
     """An integer field (also accepted as a decimal string, as JS clients send big numbers)."""
     value = field(body, name, (int, str))
     if isinstance(value, str):
-        if not value.strip().isdigit():
+        digits = value.strip()
+        # ASCII only: str.isdigit() also admits '²', which int() refuses. 78 digits fit uint256.
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 78):
             raise ApiError(400, f"field '{name}' must be an integer")
-        value = int(value)
-    if value < minimum:
-        raise ApiError(400, f"field '{name}' must be >= {minimum}")
+        value = int(digits)
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"field '{name}' must be in {minimum}..{maximum}")
     return value
 
 

@@ -250,12 +250,18 @@ class StorageServer:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def pin_rm(self, request: web.Request) -> web.Response:
-        cid = _cid_arg(query_arg(request, "arg"))
-        if cid not in self.sizes:
-            raise ApiError(404, f"no object {cid}")
-        self.total_bytes -= self.sizes.pop(cid)
-        await asyncio.to_thread(self.store.remove, cid)
-        return web.json_response({"Pins": [cid]})
+        """Removes every CID given as `arg` (cleanup of a run's objects) and says what it freed."""
+        query_arg(request, "arg")  # 400 when absent
+        cids = list(dict.fromkeys(_cid_arg(arg) for arg in request.query.getall("arg")))
+        unknown = [cid for cid in cids if cid not in self.sizes]
+        if unknown:  # checked first, so a refused call removes nothing
+            raise ApiError(404, f"no object {unknown[0]}")
+        freed = sum(self.sizes.pop(cid) for cid in cids)
+        self.total_bytes -= freed
+        self.removed, self.bytes_freed = self.removed + len(cids), self.bytes_freed + freed
+        for cid in cids:
+            await asyncio.to_thread(self.store.remove, cid)
+        return web.json_response({"Pins": cids, "BytesFreed": freed})
 
 
 def _cid_arg(text: str) -> str:
@@ -270,11 +276,14 @@ def build_app(config: dict) -> web.Application:
     owned_dir = data_dir is None
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="workbench-storage-"))
     max_upload = int(config.get("max_upload_bytes", DEFAULT_MAX_UPLOAD))
+    seed = config.get("seed")
     server = StorageServer(
         ObjectStore(root),
         max_upload,
         config.get("upload_latency_ms", [0, 0]),
-        random.Random(config.get("seed")),
+        random.Random(seed),
+        # Its own stream, so injecting faults leaves the latency draws of a seeded run alone.
+        StorageFaults(config.get("faults"), random.Random(None if seed is None else f"{seed}/f")),
     )
     app = make_app(server.gauges, max_body=max_upload + MULTIPART_SLACK)
     app[STORE_KEY] = server

@@ -1,0 +1,195 @@
+"""Keeping keys out of what the workbench writes: events, logs, server error messages.
+
+Keys reach the workbench only from the environment (`WORKBENCH_FUNDER_KEY`, the stack's
+`WORKBENCH_SECRETS`) or the 0600 wallet file. Everything written can pass through a `Redactor`,
+which replaces (1) any secret it was told about, wherever it appears, and (2) any 32-byte hex
+value held under a name that says secret (`private_key`, `seed`, …) but not a public value
+(`tx_hash`, `public_key`, `address`, `*_id`), so transaction hashes survive.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+REDACTED = "[redacted]"
+FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
+SECRETS_ENV = "WORKBENCH_SECRETS"  # JSON the stack's child processes get their keys from
+MIN_SECRET_LEN = 16  # shorter values would redact ordinary words
+HEX64 = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "key")
+PUBLIC_WORDS = ("public", "hash", "address", "topic", "_id", "id_", "cid")
+MNEMONIC_LENGTHS = (12, 15, 18, 21, 24)
+_WORD_RUN = re.compile(r"[a-z]+(?:[^a-zA-Z0-9]{1,4}[a-z]+){11,}")
+
+
+def secret_label(name: str) -> bool:
+    """Does a field name say it holds a secret (and not a public value)?"""
+    low = name.lower()
+    return any(w in low for w in SECRET_WORDS) and not any(w in low for w in PUBLIC_WORDS)
+
+
+def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Secret values this process holds in its environment: `*_PRIVATE_KEY`, `WORKBENCH_*KEY*`
+    (the funder) and every string inside the JSON of `WORKBENCH_SECRETS`."""
+    env = os.environ if environ is None else environ
+    found = [
+        value
+        for name, value in env.items()
+        if name.endswith("_PRIVATE_KEY") or (name.startswith("WORKBENCH_") and "KEY" in name)
+    ]
+    if env.get(SECRETS_ENV):
+        try:
+            found += list(_strings(json.loads(env[SECRETS_ENV])))
+        except ValueError:
+            found.append(env[SECRETS_ENV])
+    return [s for s in found if isinstance(s, str) and len(s.strip()) >= MIN_SECRET_LEN]
+
+
+def _strings(obj: Any) -> Iterable[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _strings(value)
+
+
+def phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """Matches a multi-word secret (a mnemonic) however its words are separated: spaces,
+    newlines, or quotes and commas of a JSON list."""
+    words = [re.escape(w) for w in phrase.split()]
+    return re.compile(r"(?<![A-Za-z])" + r"[^A-Za-z0-9]{1,4}".join(words) + r"(?![A-Za-z])", re.I)
+
+
+@functools.cache
+def _bip39() -> frozenset[str]:
+    return frozenset(_mnemonic_checker().wordlist)
+
+
+def find_mnemonics(text: str) -> list[str]:
+    """Valid BIP-39 mnemonics (checksum included) inside `text`, whatever their separators.
+
+    Only stretches of 12+ consecutive BIP-39 words are tried, each window of a mnemonic length
+    checked: prose rarely has such a stretch, and a random one passes the checksum 1 in 16+."""
+    found = []
+    for run in _WORD_RUN.finditer(text):
+        for stretch in _bip39_stretches(re.findall(r"[a-z]+", run.group())):
+            for n in MNEMONIC_LENGTHS:
+                for i in range(len(stretch) - n + 1):
+                    phrase = " ".join(stretch[i : i + n])
+                    if _mnemonic_checker().is_mnemonic_valid(phrase):
+                        found.append(phrase)
+    return found
+
+
+def _bip39_stretches(words: list[str]) -> list[list[str]]:
+    stretches, current = [], []
+    for word in [*words, ""]:
+        if word in _bip39():
+            current.append(word)
+            continue
+        if len(current) >= MNEMONIC_LENGTHS[0]:
+            stretches.append(current)
+        current = []
+    return stretches
+
+
+@functools.cache
+def _mnemonic_checker() -> Any:
+    from eth_account.hdaccount.mnemonic import Mnemonic
+    from eth_account.types import Language
+
+    return Mnemonic(Language.ENGLISH)
+
+
+def looks_like_mnemonic(text: str) -> bool:
+    """The whole of `text` is one BIP-39 mnemonic."""
+    words = text.split()
+    return len(words) in MNEMONIC_LENGTHS and bool(find_mnemonics(" ".join(words)))
+
+
+class Redactor:
+    """Replaces secrets in strings and in JSON-like values (events, log lines, error texts)."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self._hex: set[str] = set()  # 64-hex secrets, lower case without 0x: a set lookup each
+        self._phrases: list[re.Pattern[str]] = []
+        self._others: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            s = (secret or "").strip()
+            if len(s) < MIN_SECRET_LEN:
+                continue
+            if HEX64.fullmatch(s):
+                self._hex.add(s.lower().removeprefix("0x"))
+            elif len(s.split()) > 1:
+                self._phrases.append(phrase_pattern(s))
+            elif s not in self._others:
+                self._others.append(s)
+
+    def text(self, text: str, label: str | None = None) -> str:
+        """`text` with known secrets replaced, and any 32-byte hex too when `label` says secret."""
+        labelled = label is not None and secret_label(label)
+        if self._hex or labelled:
+            text = HEX64.sub(lambda m: self._hex_match(m, labelled), text)
+        for pattern in self._phrases:
+            text = pattern.sub(REDACTED, text)
+        for other in self._others:
+            if other in text:
+                text = text.replace(other, REDACTED)
+        return text
+
+    def _hex_match(self, m: re.Match[str], labelled: bool) -> str:
+        value = m.group()
+        known = value.lower().removeprefix("0x") in self._hex
+        return REDACTED if known or labelled else value
+
+    def value(self, obj: Any, label: str | None = None) -> Any:
+        """A copy of a JSON-like value with secrets replaced; dict keys label their values."""
+        if isinstance(obj, str):
+            return self.text(obj, label)
+        if isinstance(obj, Mapping):
+            return {k: self.value(v, str(k)) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self.value(v, label) for v in obj]
+        return obj
+
+
+@functools.cache
+def process_redactor() -> Redactor:
+    """A Redactor for this process's own environment secrets (read once)."""
+    return Redactor(env_secrets())
+
+
+def redact(text: str) -> str:
+    """`text` without this process's environment secrets (for server error messages)."""
+    return process_redactor().text(text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: the formatted line, traceback included, is redacted."""
+
+    def __init__(self, inner: logging.Formatter | None, redactor: Redactor):
+        super().__init__()
+        self.inner, self.redactor = inner or logging.Formatter(), redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.text(self.inner.format(record))
+
+
+def redact_logs(redactor: Redactor | None = None, logger: logging.Logger | None = None) -> None:
+    """Makes every handler of `logger` (default: root) redact what it writes."""
+    redactor = redactor or process_redactor()
+    for handler in (logger or logging.getLogger()).handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter, redactor))

@@ -16,10 +16,12 @@ flows phase only (from the first launch to the last outcome):
 - `peak_rss_mb`: the driver process's peak RSS (getrusage; the whole process lifetime, which is
   one run) and `rss_end_mb`.
 
-    .venv/bin/python benchmarks/driver.py [--users 50 500] [--shape burst|staggered --ramp-s 2]
-                                          [--data-size medium] [--repeats 20]
+    .venv/bin/python benchmarks/driver.py [--users 50 500] [--runs 3]
+        [--shape burst|staggered --ramp-s 2] [--data-size medium] [--repeats 20]
 
-Prints one JSON document. Each user count runs in its own process so peak RSS is per run.
+Prints one JSON document. Each run is its own process, so peak RSS is per run; with `--runs K`
+every figure is the median of K runs (the machine is shared: `system_cpu_busy_pct` and the loop
+thread's `runqueue_wait_s` show how much of the lag was other processes holding the cores).
 Wallets go to a temporary wallet file (not the shared `.wallets/`).
 """
 
@@ -68,6 +70,50 @@ def _thread_group(name: str, main_id: int, tid: int) -> str:
     return "other"
 
 
+def _stack_procs(processes: dict[str, int]) -> dict:
+    import psutil
+
+    out = {}
+    for component, pid in processes.items():
+        if component != "driver":
+            try:
+                out[component] = psutil.Process(pid)
+            except psutil.Error:
+                pass
+    return out
+
+
+def _cpu_of(procs: dict) -> dict[str, float]:
+    """User+system CPU seconds of each stack process (for context; never subtracted)."""
+    import psutil
+
+    out = {}
+    for component, p in procs.items():
+        try:
+            t = p.cpu_times()
+            out[component] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _busy_pct(t0, t1) -> float:
+    """Whole-machine CPU busy % between two psutil.cpu_times() (other engineers' work too)."""
+    idle = (t1.idle + getattr(t1, "iowait", 0)) - (t0.idle + getattr(t0, "iowait", 0))
+    total = sum(t1) - sum(t0)
+    return round(100 * (1 - idle / total), 1) if total > 0 else 0.0
+
+
+def _schedstat() -> tuple[int, int]:
+    """(ns on CPU, ns runnable but waiting for a CPU) of the calling thread (Linux)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            run, wait, _ = (int(x) for x in f.read().split())
+        return run, wait
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def _loop_profiler():
     """`BENCH_CPROFILE=path`: cProfile of the event-loop thread during the flows phase (for
     finding hot spots; it inflates the CPU figures, so never quote a profiled run)."""
@@ -75,7 +121,7 @@ def _loop_profiler():
         return None
     import cProfile
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not waits
     profiler.enable()
     return profiler
 
@@ -100,6 +146,8 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
         async def _drive(self, ctx, ws):
             proc, probe = psutil.Process(), self.bench_sampler.lag_probe
             lag_from = len(probe.delays_ms)
+            stack = _stack_procs(self.bench_sampler.processes)
+            stack0, sys0, sched0 = _cpu_of(stack), psutil.cpu_times(), _schedstat()
             before = {t.id: t.user_time + t.system_time for t in proc.threads()}
             cpu0, t0 = proc.cpu_times(), time.perf_counter()
             profiler = _loop_profiler()
@@ -111,10 +159,13 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
                     profiler.dump_stats(os.environ["BENCH_CPROFILE"])
                 wall = time.perf_counter() - t0
                 cpu1 = proc.cpu_times()
+                stack1, sys1, sched1 = _cpu_of(stack), psutil.cpu_times(), _schedstat()
                 after = {t.id: t.user_time + t.system_time for t in proc.threads()}
                 names, groups = _thread_names(), Counter()
                 for tid, cpu in after.items():
-                    group = _thread_group(names.get(tid, "?"), threading.main_thread().native_id, tid)
+                    group = _thread_group(
+                        names.get(tid, "?"), threading.main_thread().native_id, tid
+                    )
                     groups[group] += cpu - before.get(tid, 0.0)
                 lag = sorted(probe.delays_ms[lag_from:])
                 self.bench = {
@@ -125,6 +176,14 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
                     "threads_cpu_s": {k: round(v, 3) for k, v in sorted(groups.items())},
                     "lag": lag,
                     "rss_end_mb": proc.memory_info().rss / 2**20,
+                    "loop_thread": {
+                        "cpu_s": round((sched1[0] - sched0[0]) / 1e9, 3),
+                        "runqueue_wait_s": round((sched1[1] - sched0[1]) / 1e9, 3),
+                    },
+                    "stack_cpu_s": {
+                        c: round(stack1[c] - stack0[c], 3) for c in stack1 if c in stack0
+                    },
+                    "system_cpu_busy_pct": _busy_pct(sys0, sys1),
                 }
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-driver-"))
@@ -182,15 +241,58 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
             "max": round(max(lag, default=0.0), 2),
             "ticks": len(lag),
         },
+        "loop_thread": b["loop_thread"],
+        "stack_cpu_s": b["stack_cpu_s"],
+        "system_cpu_busy_pct": b["system_cpu_busy_pct"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_end_mb": round(b["rss_end_mb"], 1),
         "results_dir": str(outcome.results_dir),
     }
 
 
+def median_of(runs: list[dict]) -> dict:
+    """Leaf-wise median of the runs' numeric figures (other leaves from the first run)."""
+    first = runs[0]
+    out: dict = {}
+    for key, value in first.items():
+        values = [r.get(key) for r in runs]
+        if isinstance(value, dict):
+            out[key] = median_of([v for v in values if isinstance(v, dict)])
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            nums = [v for v in values if isinstance(v, int | float)]
+            out[key] = round(statistics.median(nums), 3)
+        else:
+            out[key] = value
+    return out
+
+
+def _child(args: argparse.Namespace, users: int, ramp_s: float) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        "--users",
+        str(users),
+        "--shape",
+        args.shape,
+        "--ramp-s",
+        str(ramp_s),
+        "--data-size",
+        args.data_size,
+        "--repeats",
+        str(args.repeats),
+    ]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"users": users, "error": f"exit {done.returncode}"}
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--runs", type=int, default=1, help="runs per user count (medians)")
     parser.add_argument("--shape", default="burst", choices=["burst", "staggered"])
     parser.add_argument("--ramp-s", type=float, default=0.0, help="for --shape staggered")
     parser.add_argument("--data-size", default="medium", help="small | medium | large | mixed")
@@ -202,30 +304,20 @@ def main() -> None:
         figures = measure_one(args.users[0], args.shape, ramp_s, args.data_size, args.repeats)
         print(json.dumps(figures))
         return
-    runs = []
+    report = {"profile": "fast", "cpus": os.cpu_count(), "runs_per_count": args.runs}
     for users in args.users:
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--one",
-            "--users",
-            str(users),
-            "--shape",
-            args.shape,
-            "--ramp-s",
-            str(ramp_s),
-            "--data-size",
-            args.data_size,
-            "--repeats",
-            str(args.repeats),
-        ]
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            runs.append({"users": users, "error": f"exit {done.returncode}"})
-            continue
-        runs.append(json.loads(lines[-1]))
-    print(json.dumps({"profile": "fast", "cpus": os.cpu_count(), "runs": runs}, indent=2))
+        runs = [_child(args, users, ramp_s) for _ in range(args.runs)]
+        good = [r for r in runs if "error" not in r]
+        entry = median_of(good) if good else {"users": users}
+        if args.runs > 1:
+            entry["per_run"] = {
+                key: [r.get(key) for r in good]
+                for key in ("driver_cpu_ms_per_flow", "cpu_vs_floor", "wall_s", "success_rate")
+            }
+            entry["per_run"]["loop_lag_p99_ms"] = [r["loop_lag_ms"]["p99"] for r in good]
+        entry["failed_runs"] = len(runs) - len(good)
+        report[f"users_{users}"] = entry
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

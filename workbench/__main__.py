@@ -47,6 +47,18 @@ def _notebook(args: argparse.Namespace) -> int:
     return notebook_command(args)
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from workbench.preflight import preflight_command
+
+    return preflight_command(args.target, args.timeout_s)
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from workbench.cleanup import cleanup_command
+
+    return cleanup_command(args.results_dir)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +115,15 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("--output-dir", dest="output_dir", default="outputs")
     nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     nb.set_defaults(func=_notebook)
+
+    pf = sub.add_parser("preflight", help="check every endpoint of a target file, change nothing")
+    pf.add_argument("target", help="a name under params/targets/ (moksha) or a YAML path")
+    pf.add_argument("--timeout-s", type=float, default=10.0, dest="timeout_s")
+    pf.set_defaults(func=_preflight)
+
+    cl = sub.add_parser("cleanup", help="delete a run's uploaded objects from its storage")
+    cl.add_argument("results_dir")
+    cl.set_defaults(func=_cleanup)
     return p
 
 

@@ -656,6 +656,7 @@ def summarize(
         "error_classes": errs["by_class"],
         "failed_steps": errs["by_step"],
         "faults_injected": _faults(results.config),
+        **_stored(flows),
     }
     curve = capacity_curve(results)
     if not curve.empty:
@@ -673,6 +674,14 @@ def summarize(
     s["verdict"] = crit.verdict(rows, complete=results.complete)
     s["outcome"] = s["verdict"] if results.complete else "INCOMPLETE"
     return _json_safe(s)
+
+
+def _stored(flows: pd.DataFrame) -> dict[str, int]:
+    """What the run left in storage (distinct objects): `python -m workbench cleanup` removes it."""
+    from workbench.cleanup import stored_objects
+
+    objects = stored_objects(flows.to_dict("records")) if "stored" in flows else {}
+    return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
 
 
 def _run_facts(results: Results) -> dict[str, Any]:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import json
+import random
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -20,6 +24,7 @@ from eth_utils import (
     abi_to_signature,
     event_abi_to_log_topic,
     function_signature_to_4byte_selector,
+    keccak,
 )
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -32,6 +37,16 @@ T = TypeVar("T")
 GAS_MARGIN = 1.2  # estimate * margin: state can change between estimate and inclusion
 _HEADERS = {"Content-Type": "application/json"}
 _chain_ids: weakref.WeakKeyDictionary[AsyncWeb3, int] = weakref.WeakKeyDictionary()
+SEND_METHOD = "eth_sendRawTransaction"
+# Reads are safe to repeat; of the rest only eth_sendRawTransaction is retried (by its hash).
+READ_PREFIXES = ("eth_", "net_", "web3_", "txpool_")
+NOT_READS = frozenset({SEND_METHOD, "eth_sendTransaction", "eth_sign", "eth_signTransaction"})
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+THROTTLED_CODE = -32005  # EIP-1474 "limit exceeded": a 200 answer that means "try later"
+ALREADY_KNOWN = (b"already known", b"already imported")  # geth / anvil
+# How far back a permission mined under a replacement tx is looked for: far more blocks than a
+# flow's timeout spans on any chain the workbench drives, few enough for nodes' log-range caps.
+LOG_LOOKBACK_BLOCKS = 10_000
 
 
 class ReceiptTimeout(asyncio.TimeoutError):
@@ -42,18 +57,65 @@ class TxReverted(Exception):
     """The transaction was mined with status 0."""
 
 
+class RpcUnavailable(aiohttp.ClientError):
+    """Every attempt of an RPC call failed transiently (429/503, dropped connection, ...)."""
+
+
+class RpcTimeout(RpcUnavailable, TimeoutError):
+    """Every attempt of an RPC call timed out."""
+
+
+class _Throttled(Exception):
+    """A 200 answer carrying the "limit exceeded" JSON-RPC error."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How reads are retried: `attempts` in all, capped exponential backoff, full jitter."""
+
+    attempts: int = 5
+    base_s: float = 0.1
+    cap_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter: concurrent clients hit by the same fault do not come back in lockstep.
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure worth retrying: throttling, overload, timeouts, dropped connections."""
+    if isinstance(error, aiohttp.ClientResponseError):
+        return error.status in RETRY_STATUSES
+    return isinstance(error, aiohttp.ClientError | TimeoutError | OSError | _Throttled)
+
+
 class RpcProvider(AsyncHTTPProvider):
-    """web3's AsyncHTTPProvider posting through one keep-alive aiohttp session of our own.
+    """web3's AsyncHTTPProvider posting through one keep-alive aiohttp session of our own, to
+    one or several RPC URLs of the same chain, retrying what is safe to retry.
 
     web3 8's provider guards its session cache with a process-wide threading lock taken through
     a 5-thread executor on every request; a request cancelled while waiting there can leave the
     lock held forever (web3.py issue #3867), and its sessions force-close each connection.
-    Load tests cancel requests (timeouts) and make many of them, so we bypass that path. web3's
-    automatic retries are off too: retrying is the caller's decision (never for sends).
+    Load tests cancel requests (timeouts) and make many of them, so we bypass that path, and
+    web3's own retries (which would re-send transactions) are off.
+
+    Reads go round-robin over the URLs; a transient failure (429/503, timeout, dropped
+    connection, "limit exceeded") is retried on the next URL after a jittered backoff.
+    `eth_sendRawTransaction` is re-sent only after `eth_getTransactionByHash` says the node does
+    not know the tx: the same signed bytes have the same hash, so "already known" is success.
     """
 
-    def __init__(self, rpc_url: str, timeout_s: float, connections: int = 100):
-        super().__init__(rpc_url, exception_retry_configuration=None)
+    def __init__(
+        self,
+        rpc_url: str | Sequence[str],
+        timeout_s: float,
+        connections: int = 100,
+        retry: RetryPolicy | None = None,
+    ):
+        self.urls = _url_list(rpc_url)
+        super().__init__(self.urls[0], exception_retry_configuration=None)
+        self.retry = retry or RetryPolicy()
+        self._turn = itertools.count()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -68,10 +130,72 @@ class RpcProvider(AsyncHTTPProvider):
             self._loop = loop
         return self._session
 
-    async def _make_request(self, method: Any, request_data: bytes) -> bytes:
-        async with self._client().post(self.endpoint_uri, data=request_data, headers=_HEADERS) as r:
+    async def _post(self, url: str, request_data: bytes) -> bytes:
+        async with self._client().post(url, data=request_data, headers=_HEADERS) as r:
             r.raise_for_status()
             return await r.read()
+
+    async def _make_request(self, method: Any, request_data: bytes) -> bytes:
+        if method == SEND_METHOD:
+            return await self._send(request_data)
+        if not str(method).startswith(READ_PREFIXES) or method in NOT_READS:
+            return await self._post(self.urls[0], request_data)  # not ours to repeat
+        return await self._read(str(method), request_data)
+
+    async def make_batch_request(self, batch_requests: list[tuple[Any, Any]]) -> Any:
+        """Through our session too (web3's would take the path above); never retried."""
+        raw = await self._post(self.urls[0], self.encode_batch_rpc_request(batch_requests))
+        return self.decode_rpc_response(raw)
+
+    async def _read(self, method: str, request_data: bytes) -> bytes:
+        first = next(self._turn)  # spreads reads over the URLs
+        last: BaseException | None = None
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+            try:
+                return _unless_throttled(await self._post(self._url(first + attempt), request_data))
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                last = e
+        raise _exhausted(method, self.retry.attempts, last)
+
+    async def _send(self, request_data: bytes) -> bytes:
+        """Sends a signed tx; after a failure, re-sends the same bytes only if the node does not
+        know its hash (a lost answer is not a lost transaction)."""
+        tx_hash = _raw_tx_hash(request_data)
+        last: BaseException | None = None
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+                if await self._known(tx_hash):
+                    return _result(request_data, tx_hash)
+            try:
+                raw = _unless_throttled(await self._post(self._url(attempt), request_data))
+            except Exception as e:
+                if not is_transient(e) or tx_hash is None:
+                    raise
+                last = e
+                continue
+            if attempt and any(s in raw.lower() for s in ALREADY_KNOWN):
+                return _result(request_data, tx_hash)  # our earlier try got through after all
+            return raw
+        raise _exhausted(SEND_METHOD, self.retry.attempts, last)
+
+    async def _known(self, tx_hash: str) -> bool:
+        """Whether the node has the tx (pending or mined); read with retries."""
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "eth_getTransactionByHash",
+            "params": [tx_hash],
+        }
+        raw = await self._read("eth_getTransactionByHash", json.dumps(body).encode())
+        return json.loads(raw).get("result") is not None
+
+    def _url(self, index: int) -> str:
+        return self.urls[index % len(self.urls)]
 
     async def disconnect(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -79,9 +203,58 @@ class RpcProvider(AsyncHTTPProvider):
         self._session = None
 
 
-def make_web3(rpc_url: str, timeout_s: float = 30.0, connections: int = 100) -> AsyncWeb3:
-    """An AsyncWeb3 whose every request gives up after `timeout_s` (close with `close_web3`)."""
-    return AsyncWeb3(RpcProvider(rpc_url, timeout_s, connections))
+def _url_list(rpc_url: str | Sequence[str]) -> list[str]:
+    """One URL, a list, or several in one string separated by commas."""
+    items = rpc_url.split(",") if isinstance(rpc_url, str) else list(rpc_url)
+    urls = [u.strip() for u in items if u and u.strip()]
+    if not urls:
+        raise ValueError("make_web3 needs at least one RPC URL")
+    return urls
+
+
+def _unless_throttled(raw: bytes) -> bytes:
+    if b"error" in raw and str(THROTTLED_CODE).encode() in raw:
+        try:
+            error = json.loads(raw).get("error") or {}
+        except (ValueError, AttributeError):  # a batch or garbage: not ours to judge
+            return raw
+        if error.get("code") == THROTTLED_CODE:
+            raise _Throttled(error.get("message", "limit exceeded"))
+    return raw
+
+
+def _exhausted(method: str, attempts: int, last: BaseException | None) -> RpcUnavailable:
+    kind = RpcTimeout if isinstance(last, TimeoutError) else RpcUnavailable
+    error = kind(f"{method}: {attempts} attempts failed; last: {type(last).__name__}: {last}")
+    error.__cause__ = last
+    return error
+
+
+def _raw_tx_hash(request_data: bytes) -> str | None:
+    """keccak256 of the signed tx in an eth_sendRawTransaction request (None if unreadable)."""
+    try:
+        raw = json.loads(request_data)["params"][0]
+        return "0x" + keccak(hexstr=raw).hex()
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _result(request_data: bytes, result: Any) -> bytes:
+    """A JSON-RPC success answer to `request_data` (same id)."""
+    call_id = json.loads(request_data).get("id")
+    return json.dumps({"jsonrpc": "2.0", "id": call_id, "result": result}).encode()
+
+
+def make_web3(
+    rpc_url: str | Sequence[str],
+    timeout_s: float = 30.0,
+    connections: int = 100,
+    retry: RetryPolicy | None = None,
+) -> AsyncWeb3:
+    """An AsyncWeb3 over one or several RPC URLs (a list, or one string with commas) whose every
+    request attempt gives up after `timeout_s`; reads are retried per `retry` (close with
+    `close_web3`)."""
+    return AsyncWeb3(RpcProvider(rpc_url, timeout_s, connections, retry))
 
 
 async def close_web3(w3: AsyncWeb3) -> None:
@@ -216,12 +389,93 @@ async def wait_receipt(
                     return await w3.eth.get_transaction_receipt(tx_hash)
                 except TransactionNotFound:
                     pass
-                except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                    last_error = e
+                except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
+                    last_error = e  # e.g. a node behind a balancer that lags a block
                 await asyncio.sleep(poll_s)
     except TimeoutError:
         detail = f" (last RPC error: {last_error!r})" if last_error else ""
         raise ReceiptTimeout(f"no receipt for {tx_hash} after {timeout_s} s{detail}") from None
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A permission on chain: its id and the transaction that carried it."""
+
+    permission_id: int
+    tx_hash: str  # differs from the relayed hash when the relayer replaced a stuck tx
+    receipt: Any
+
+
+async def wait_permission(
+    permissions: AsyncContract,
+    tx_hash: str,
+    user: str,
+    nonce: int,
+    timeout_s: float,
+    poll_s: float = 0.1,
+    nonce_check_s: float = 1.0,
+) -> Confirmation:
+    """Waits until the permission `user` signed with `nonce` is on chain, within `timeout_s`.
+
+    Polls the relayed tx's receipt. A relayer may replace a stuck tx (same calldata, same relayer
+    nonce, higher fee), and then the relayed hash never mines. So every `nonce_check_s` without
+    a receipt, and on a reverted one, `userNonce(user)` is read: the contract moves it past
+    `nonce` exactly when this signed message is mined, whichever tx carried it; the
+    PermissionAdded log of the user whose stored nonce is ours names the id and the tx.
+    Raises ReceiptTimeout at the deadline and TxReverted for a revert with the nonce unused.
+    """
+    w3 = permissions.w3
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            next_check = loop.time() + nonce_check_s
+            while True:
+                receipt = await _receipt_or_none(w3, tx_hash)
+                if receipt is not None and receipt["status"] == 1:
+                    pid = decode_permission_added(receipt, permissions)
+                    return Confirmation(pid, tx_hash, receipt)
+                if receipt is not None or loop.time() >= next_check:
+                    found = await _mined_elsewhere(permissions, user, nonce)
+                    if found is not None:
+                        return found
+                    if receipt is not None:
+                        raise TxReverted(f"transaction {tx_hash} reverted")
+                    next_check = loop.time() + nonce_check_s
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        raise ReceiptTimeout(f"no receipt for {tx_hash} after {timeout_s} s") from None
+
+
+async def _receipt_or_none(w3: AsyncWeb3, tx_hash: str) -> Any:
+    try:
+        return await w3.eth.get_transaction_receipt(tx_hash)
+    except TransactionNotFound:
+        return None
+    except (aiohttp.ClientError, Web3RPCError, OSError):
+        return None  # transient (timeouts are retried inside the provider): poll again
+
+
+async def _mined_elsewhere(
+    permissions: AsyncContract, user: str, nonce: int
+) -> Confirmation | None:
+    """The permission of (`user`, `nonce`) if the chain has it under any tx, else None."""
+    try:
+        if await permissions.functions.userNonce(user).call() <= nonce:
+            return None
+        latest = await permissions.w3.eth.block_number
+        logs = await permissions.events.PermissionAdded.get_logs(
+            argument_filters={"user": user}, from_block=max(0, latest - LOG_LOOKBACK_BLOCKS)
+        )
+        for log in reversed(logs):  # ours is most likely the latest
+            pid = log["args"]["permissionId"]
+            info = await permissions.functions.permissions(pid).call()
+            stored = info["nonce"] if isinstance(info, dict) else info[2]  # (id, grantor, nonce…)
+            if stored == nonce:
+                receipt = await permissions.w3.eth.get_transaction_receipt(log["transactionHash"])
+                return Confirmation(pid, HexBytes(log["transactionHash"]).to_0x_hex(), receipt)
+    except (aiohttp.ClientError, Web3RPCError, OSError, TimeoutError):
+        return None  # ask again at the next check
+    return None
 
 
 def _event_topic(abi: list[dict[str, Any]], name: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,16 @@ def notebook_command(args: Namespace) -> int:
     if not notebook.is_file():
         raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
     print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
+    # The notebook's own output (setup lines, per-user lines, results) streams to the terminal.
     pm.execute_notebook(
         str(notebook),
         str(out_dir / notebook.name),
         parameters=params,
         cwd=str(PROJECT_ROOT),
-        progress_bar=True,
+        progress_bar=False,
+        log_output=True,
+        stdout_file=sys.stdout,
+        stderr_file=sys.stderr,
     )
     report = out_dir / "report.html"
     summary = (

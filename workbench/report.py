@@ -362,7 +362,7 @@ def _resource_lines(results: analysis.Results, s: Mapping[str, Any]) -> list[str
         "📊 Resource Usage:",
         f"  💾 Peak Memory: {'n/a' if peak is None else f'{peak:.0f}MB'} (driver)"
         + _judged(s, "peak_rss_mb"),
-        f"  🖥️  Average CPU: {'n/a' if cpu is None else f'{cpu:.0f}%'} (system)"
+        f"  🖥️  Average CPU: {'n/a' if cpu is None else f'{cpu:.0f}%'} (driver + stack, of all cores)"
         + _judged(s, "avg_cpu_pct"),
         f"  🌐 Network: {'n/a' if net is None else f'{net / 1e6:.1f}MB'} transferred",
         f"  📁 File Descriptors: {_or_na(fds)} peak (driver)",

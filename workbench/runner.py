@@ -25,7 +25,9 @@ from tqdm import tqdm
 import workbench
 from workbench import shapes, wallets
 from workbench.config import RunConfig
+from workbench.errors import WorkbenchError
 from workbench.events import Clock, EventWriter
+from workbench.faults import load_faults
 from workbench.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
 from workbench.profiles import load_profile
 from workbench.target import Target
@@ -54,8 +56,10 @@ class Console:
         (self.bar.write if self.bar else print)(line, file=self.out)
 
     def start_bar(self, total: int | None) -> None:
+        # The bar goes to stderr and the lines to stdout: a notebook then keeps a clean stream
+        # of per-user lines and a single live bar; in a terminal tqdm.write interleaves them.
         if self.progress:
-            self.bar = tqdm(total=total, desc="flows", unit="flow", file=self.out, mininterval=0.5)
+            self.bar = tqdm(total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5)
 
     def flow_done(self, event: dict[str, Any]) -> None:
         self.ok += bool(event["ok"])
@@ -103,6 +107,13 @@ class Runner:
         self.free: asyncio.Queue[Wallet] = asyncio.Queue()
         self.next_flow_id = 0
         self.outcome = RunOutcome(self.dir)
+        self.faults = load_faults(config.faults)  # a bad plan fails before anything starts
+        if self.faults is not None and (target is not None or config.target != "local"):
+            raise WorkbenchError(
+                "faults", "faults need the local stack", "use target local, or faults none"
+            )
+        self.local: Any = None  # the LocalStack this run started: fault actions act on it
+        self.sampler: Any = None
 
     async def execute(self) -> RunOutcome:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +124,7 @@ class Runner:
                 target = await self._target(stack)
                 ws = await self._wallets(target)
                 self._write_config(target, ws)
-                await stack.enter_async_context(self._sampler(target))
+                self.sampler = await stack.enter_async_context(self._sampler(target))
                 settings = FlowSettings.from_profile(
                     self.profile,
                     flow_timeout_s=self.cfg.flow_timeout_s,
@@ -130,6 +141,7 @@ class Runner:
                     )
                 )
                 self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
+                await self._start_faults(stack)
                 await self._drive(ctx, ws)
         except asyncio.CancelledError:
             reason = "interrupted"
@@ -152,16 +164,17 @@ class Runner:
     async def _target(self, stack: AsyncExitStack) -> Target:
         if self.target is not None:
             return self.target
-        if self.cfg.target != "local":
-            from workbench.target import load_target
+        if self.cfg.target != "local":  # every endpoint checked before any wallet is funded
+            from workbench.preflight import checked_target
 
-            return load_target(self.cfg.target)
+            return await checked_target(self.cfg.target, self.console.say)
         from workbench.stack.local import LocalStack
 
         self.console.say("📡 Starting local stack (anvil, storage, API server, personal server)...")
         local = await stack.enter_async_context(
-            LocalStack(self.profile, workdir=self.dir / "stack")
+            LocalStack(self.profile, workdir=self.dir / "stack", faults=self.faults)
         )
+        self.local = local
         api_port = local.endpoints.api_url.rsplit(":", 1)[-1]
         self.console.say(f"✅ API server ready on port {api_port}")
         return local.target
@@ -200,6 +213,8 @@ class Runner:
             if target.kind == "local"
             else {}
         )
+        if "rpc_proxy" in (target.pids or {}):  # the fault proxy answers /metrics on its RPC port
+            gauges["rpc_proxy"] = f"{ep.rpc_url}/metrics"
         return Sampler(
             self.dir / "samples.csv",
             processes=dict(target.pids or {}),
@@ -208,6 +223,17 @@ class Runner:
             clock=self.clock,
             lag_probe=LoopLagProbe(),
         )
+
+    async def _start_faults(self, stack: AsyncExitStack) -> None:
+        """Starts the fault plan's schedule now (its times count from the run's start).
+
+        Its stop is pushed on the exit stack, so it runs before the stack, the sampler and the
+        flows' clients close: no restart can race the stack's own shutdown."""
+        if self.local is None or self.faults is None:
+            return
+        schedule = self.local.fault_schedule(self.clock, self._emit, self.sampler.add_process)
+        stack.push_async_callback(schedule.stop)
+        await schedule.start()
 
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
         shape = self.shape = shapes.shape_from_config(self.cfg)
@@ -311,6 +337,7 @@ class Runner:
             "wallet_file": str(ws.path),
             "wallet_addresses": ws.addresses,
             "inference_backend": "simulated" if target.kind == "local" else "remote",
+            "faults_injected": self.faults.describe() if self.faults else None,
             "versions": versions(),
             "cpu_count": os.cpu_count(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -22,6 +22,7 @@ import yaml
 from eth_utils import is_checksum_address, to_checksum_address
 
 from workbench.errors import WorkbenchError
+from workbench.secrets import HEX64, looks_like_mnemonic
 
 CONTRACT_NAMES = (
     "DataPortabilityPermissions",
@@ -113,8 +114,6 @@ URL_KEYS = ("api_url", "personal_server_url", "storage_url")
 REQUIRED_KEYS = ("chain_id", "rpc_urls", "contracts", *URL_KEYS, "grantee_id")
 OPTIONAL_KEYS = ("name", "description", "storage_kind", "funder_key_env")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-_HEX64 = re.compile(r"(?<![0-9a-fA-F])(?:0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")
-_PHRASE = re.compile(r"\s*[a-z]+(?:\s+[a-z]+){11,23}\s*")  # a BIP-39 mnemonic's shape
 _SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "password", "token", "key")
 
 
@@ -211,7 +210,7 @@ def _refuse_secrets(doc: dict[str, Any], shown: str) -> None:
         text = str(value) if value is not None else ""
         leaf = key.rsplit(".", 1)[-1].lower()
         named_secret = any(w in leaf for w in _SECRET_WORDS) and not leaf.endswith("_env")
-        if _HEX64.search(text) or _PHRASE.fullmatch(text) or (named_secret and text):
+        if HEX64.search(text) or looks_like_mnemonic(text) or (named_secret and text):
             raise WorkbenchError(
                 f"{shown}: {key}",
                 "looks like a private key, seed or secret; target files must never hold one",
@@ -293,7 +292,9 @@ def _contracts(value: Any, shown: str) -> dict[str, str]:
         where = f"{shown}: contracts.{name}"
         if value.get(name) is None:
             raise WorkbenchError(where, "missing", "add its address (0x + 40 hex)")
-        addresses[name] = ZERO_ADDRESS if _is_placeholder(value[name]) else _address(value[name], where)
+        addresses[name] = (
+            ZERO_ADDRESS if _is_placeholder(value[name]) else _address(value[name], where)
+        )
     return addresses
 
 

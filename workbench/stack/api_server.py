@@ -3,7 +3,7 @@
 `python -m workbench.stack.api_server`, config (`WORKBENCH_COMPONENT`, JSON):
   port (0 = any free), rpc_url, chain_id, personal_server_url,
   contracts {DataPortabilityPermissions: address, ...},
-  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0)},
+  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_s (15): replace a tx pending longer},
   rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
@@ -33,7 +33,7 @@ from eth_utils import is_address, to_checksum_address
 from workbench import chain, permission
 from workbench.crypto import personal_sign
 from workbench.errors import WorkbenchError
-from workbench.stack.relayer import Relayer, RelayError
+from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
 from workbench.stack.server import (
     ApiError,
     component_config,
@@ -96,6 +96,7 @@ class ApiServer:
             self.relayer_keys,
             confirm_poll_s=float(settings.get("confirm_poll_s", 0.25)),
             fee_ttl_s=float(settings.get("fee_ttl_s", 1.0)),
+            stuck_after_s=float(settings.get("stuck_after_s", DEFAULT_STUCK_AFTER_S)),
         )
         await self.relayer.start()
 

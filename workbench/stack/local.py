@@ -16,6 +16,11 @@ The sync `start()` works inside a running event loop (Jupyter): it runs `astart(
 thread with its own loop and waits. We chose that over nest_asyncio because it leaves the
 caller's loop untouched (nest_asyncio patches it for the whole kernel) and the children do not
 depend on the helper thread (see above). Blocking the notebook while the stack starts is intended.
+
+Faults (`faults=FaultPlan`, see `workbench.faults`): with an `rpc` section a JSON-RPC proxy
+(`rpc_proxy`) sits between every client and anvil (`endpoints.rpc_url` is the proxy), started
+disarmed so start-up and funding are clean; `storage` / `inference` go into those servers'
+config key `faults`. `fault_schedule()` gives the run's timed kills, restarts and chain stalls.
 """
 
 from __future__ import annotations
@@ -34,8 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from workbench.crypto import public_key_of
 from workbench.errors import WorkbenchError
+from workbench.events import Clock
+from workbench.faults import FaultPlan, FaultSchedule
 from workbench.profiles import load_profile
 from workbench.stack import anvil
 from workbench.stack.components import start_component
@@ -46,6 +55,15 @@ from workbench.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 log = logging.getLogger("workbench.stack.local")
 
 COMPONENTS = ("anvil", "storage", "personal", "api")  # start order; stopped in reverse
+PROXY = "rpc_proxy"  # only with an rpc fault section, between anvil and every client
+ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")
+MODULES = {
+    "storage": "storage",
+    "personal": "personal_server",
+    "api": "api_server",
+    PROXY: "rpc_proxy",
+}
+AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: with automine a tx still pending after this is stuck
 DEV_ACCOUNTS = 20
 FIRST_RELAYER = 2  # dev accounts: 0 deployer and funder, 1 the app, 2.. relayers
 MAX_RELAYERS = DEV_ACCOUNTS - FIRST_RELAYER
@@ -64,13 +82,15 @@ class LocalStack:
         workdir: Path | str | None = None,
         ports: dict[str, int] | None = None,
         keep: bool = False,
+        faults: FaultPlan | None = None,
     ):
         self.profile = load_profile(profile) if isinstance(profile, str) else dict(profile)
         self.relayers = _relayer_count(self.profile)
+        self.faults = faults
         self.ports = dict(ports or {})
-        unknown = sorted(set(self.ports) - set(COMPONENTS))
+        unknown = sorted(set(self.ports) - set(ALL_COMPONENTS))
         if unknown:
-            raise WorkbenchError("ports", f"unknown components {unknown}", f"use {COMPONENTS}")
+            raise WorkbenchError("ports", f"unknown components {unknown}", f"use {ALL_COMPONENTS}")
         self.workdir: Path | None = Path(workdir) if workdir is not None else None
         self._own_workdir = workdir is None
         self.keep = keep
@@ -78,6 +98,8 @@ class LocalStack:
         self.endpoints: Endpoints | None = None
         self.startup_s: float | None = None
         self._urls: dict[str, str] = {}  # component -> base URL, filled as each is ready
+        self._launches: dict[str, tuple[dict, dict | None]] = {}  # config, secrets: for restarts
+        self.anvil_url: str | None = None
         self._spawner: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -85,7 +107,7 @@ class LocalStack:
 
     @property
     def pids(self) -> dict[str, int]:
-        return {name: self.procs[name].pid for name in COMPONENTS if name in self.procs}
+        return {name: self.procs[name].pid for name in ALL_COMPONENTS if name in self.procs}
 
     @property
     def logs_dir(self) -> Path:
@@ -141,7 +163,7 @@ class LocalStack:
             self.workdir = Path(tempfile.mkdtemp(prefix="workbench-stack-"))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         # Forks happen on these threads, alive until stop (see the module docstring).
-        self._spawner = ThreadPoolExecutor(len(COMPONENTS), thread_name_prefix="stack-spawner")
+        self._spawner = ThreadPoolExecutor(len(ALL_COMPONENTS), thread_name_prefix="stack-spawner")
         atexit.register(self._stop_all)
 
     async def _start_all(self) -> None:
@@ -151,10 +173,12 @@ class LocalStack:
         Each phase waits for all its starts to settle before raising, so nothing starts after
         a failure has begun the cleanup.
         """
-        rpc_url = f"http://127.0.0.1:{self.ports.get('anvil') or free_port()}"
+        anvil_url = self.anvil_url = f"http://127.0.0.1:{self.ports.get('anvil') or free_port()}"
         storage = asyncio.ensure_future(self._component("storage", self._storage_config()))
-        contracts = await _settle(self._chain(rpc_url), storage, first=True)
+        proxy = asyncio.ensure_future(self._proxy(anvil_url))
+        contracts = await _settle(self._chain(anvil_url), storage, proxy, first=True)
         storage_url = storage.result()
+        rpc_url = proxy.result() or anvil_url  # what every client talks to
         personal_port = self.ports.get("personal") or free_port()
         personal_url = f"http://127.0.0.1:{personal_port}"
         await _settle(
@@ -169,7 +193,7 @@ class LocalStack:
         )
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
         if block_time > 0:  # after deployment, which automine makes instant
-            await anvil.set_block_time(rpc_url, block_time)
+            await anvil.set_block_time(anvil_url, block_time)
         self.endpoints = Endpoints(
             rpc_url=rpc_url,
             api_url=self._urls["api"],
@@ -190,17 +214,30 @@ class LocalStack:
             rpc_url, anvil.dev_key(0), anvil.dev_address(1), public_key_of(app_key)
         )
 
+    async def _proxy(self, anvil_url: str) -> str | None:
+        """The fault-injecting RPC proxy's URL, or None without an rpc fault section."""
+        if self.faults is None or self.faults.rpc is None:
+            return None
+        config = {
+            "port": self.ports.get(PROXY, 0),
+            "upstream": anvil_url,
+            "faults": dict(self.faults.rpc),
+            "armed": False,  # the fault schedule arms it when the run starts
+        }
+        return await self._component(PROXY, config)
+
     async def _component(
         self, name: str, config: dict[str, Any], secrets_: dict[str, Any] | None = None
     ) -> str:
-        module = {"storage": "storage", "personal": "personal_server", "api": "api_server"}[name]
         log_path = self.logs_dir / f"{name}.log"
 
         def start() -> subprocess.Popen:
             proc, url = start_component(
-                f"workbench.stack.{module}", config, secrets_, log_path, COMPONENT_READY_S
+                f"workbench.stack.{MODULES[name]}", config, secrets_, log_path, COMPONENT_READY_S
             )
             self._urls[name] = url
+            # A restart must come back where clients look for it, with the same secrets.
+            self._launches[name] = ({**config, "port": int(url.rsplit(":", 1)[1])}, secrets_)
             return proc
 
         await self._spawn(name, start)
@@ -222,18 +259,21 @@ class LocalStack:
 
     def _storage_config(self) -> dict[str, Any]:
         s = self.profile["storage"]
-        return {
+        config = {
             "port": self.ports.get("storage", 0),
             "data_dir": str(self._workdir() / "storage"),
             "max_upload_bytes": int(s.get("max_upload_bytes", 10 * 1024 * 1024)),
             "upload_latency_ms": list(s.get("upload_latency_ms", [0, 0])),
         }
+        if self.faults and self.faults.storage:
+            config["faults"] = dict(self.faults.storage)
+        return config
 
     def _personal_config(
         self, port: int, rpc_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         inference = self.profile["inference"]
-        return {
+        config = {
             "port": port,
             "rpc_url": rpc_url,
             "chain_id": anvil.CHAIN_ID,
@@ -245,17 +285,29 @@ class LocalStack:
                 "workers": int(inference.get("workers", 4)),
             },
         }
+        faults = self.faults.inference if self.faults else None
+        if faults:
+            config["faults"] = dict(faults)
+            if faults.get("max_queue"):  # the server's own bound: beyond it submissions get 503
+                config["inference"]["max_queue"] = int(faults["max_queue"])
+        return config
 
     def _api_config(
         self, rpc_url: str, personal_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
+        overrides = dict(self.profile.get("api") or {})  # optional: timeouts, relayer polling
+        block_time = float(self.profile["chain"].get("block_time_s") or 0)
+        # Stuck = pending three blocks (with automine a few seconds: only a stall does that).
+        relayer = {"stuck_after_s": 3 * block_time if block_time > 0 else AUTOMINE_STUCK_AFTER_S}
+        relayer.update(overrides.pop("relayer", None) or {})
         return {
             "port": self.ports.get("api", 0),
             "rpc_url": rpc_url,
             "chain_id": anvil.CHAIN_ID,
             "contracts": contracts,
             "personal_server_url": personal_url,
-            **(self.profile.get("api") or {}),  # optional overrides: timeouts, relayer polling
+            **overrides,
+            "relayer": relayer,
         }
 
     def _api_secrets(self) -> dict[str, Any]:
@@ -266,6 +318,66 @@ class LocalStack:
         if self.workdir is None:
             raise RuntimeError("the stack is not started")
         return self.workdir
+
+    # --- faults: the actions of a fault schedule
+
+    def fault_schedule(
+        self,
+        clock: Clock,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        on_pid: Callable[[str, int], None] | None = None,
+    ) -> FaultSchedule | None:
+        """The timed faults of this stack's plan (None without a plan); `start()` it when the
+        run starts, `stop()` it at the end. `emit` gets each fault event, `on_pid(component,
+        pid)` each restarted process (for the sampler)."""
+        if self.faults is None:
+            return None
+        return FaultSchedule(self.faults, self, clock, emit, on_pid)
+
+    async def kill(self, name: str) -> int | None:
+        """SIGKILL, as a crash: no cleanup, in-flight requests and in-memory state are lost."""
+        with self._lock:
+            proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        proc.kill()
+        await asyncio.to_thread(proc.wait)  # reaped at once: SIGKILL cannot be ignored
+        return proc.pid
+
+    async def restart(self, name: str) -> int:
+        """Starts `name` again on its port with its config and secrets; returns the new pid."""
+        if self._spawner is None:
+            raise RuntimeError("the stack is stopped")
+        config, secrets_ = self._launches[name]
+        await self._component(name, config, secrets_)
+        return self.procs[name].pid
+
+    async def stall_chain(self) -> None:
+        """No more blocks: transactions wait in the pool until `resume_chain`."""
+        await anvil.rpc(self._anvil_url(), "evm_setAutomine", [False])
+        await anvil.rpc(self._anvil_url(), "evm_setIntervalMining", [0])
+
+    async def resume_chain(self) -> None:
+        """The profile's mining mode again (automine mines the whole waiting pool at once)."""
+        block_time = float(self.profile["chain"].get("block_time_s") or 0)
+        await anvil.set_block_time(self._anvil_url(), block_time)
+
+    async def set_rpc_faults(self, armed: bool) -> dict[str, Any]:
+        """Arms or disarms the RPC proxy; returns its gauges ({} without a proxy)."""
+        url = self._urls.get(PROXY)
+        if url is None:
+            return {}
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(f"{url}/faults", json={"armed": armed}) as resp:
+                resp.raise_for_status()
+            async with session.get(f"{url}/metrics") as resp:
+                return await resp.json()
+
+    def _anvil_url(self) -> str:
+        if self.anvil_url is None:
+            raise RuntimeError("the stack is not started")
+        return self.anvil_url
 
     # --- stopping
 
@@ -279,14 +391,14 @@ class LocalStack:
     def _stop_all(self, failed: bool = False) -> None:
         """Idempotent. After a failed start the workdir stays, for its logs."""
         with self._lock:
-            procs = [self.procs.pop(n) for n in reversed(COMPONENTS) if n in self.procs]
+            procs = [self.procs.pop(n) for n in reversed(ALL_COMPONENTS) if n in self.procs]
             spawner, self._spawner = self._spawner, None
         _terminate_all(procs)
         if spawner is not None:
             # Starts still in flight finish (or fail) first; what they registered is stopped too.
             spawner.shutdown(wait=True, cancel_futures=True)
             with self._lock:
-                late = [self.procs.pop(n) for n in reversed(COMPONENTS) if n in self.procs]
+                late = [self.procs.pop(n) for n in reversed(ALL_COMPONENTS) if n in self.procs]
             _terminate_all(late)
         atexit.unregister(self._stop_all)
         if failed and self.workdir is not None:
@@ -296,6 +408,7 @@ class LocalStack:
             self.workdir = None
         self.endpoints = None
         self._urls = {}
+        self._launches = {}
 
     # --- context managers
 

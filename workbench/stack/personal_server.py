@@ -7,7 +7,7 @@
              timeout_s (one operation's inference, default 120),
              openai: {base_url, model, api_key_env, timeout_s}},
   faults {fail_rate, timeout_rate, max_queue} (optional): injected inference faults, one draw per
-             operation (see inference.FaultyBackend); max_queue here overrides inference.max_queue,
+             operation (see inference.FaultyBackend); a non-zero max_queue overrides inference's,
   decrypt_workers (threads, default 2), fetch_timeout_s (default 30), seed (latency RNG).
 Secrets (`WORKBENCH_SECRETS`): server_seed (hex). Each user gets their own server key,
 keccak256(seed || user address) as a secp256k1 scalar, so users cannot read each other's files.
@@ -162,8 +162,9 @@ class PersonalServer:
         inference = config.get("inference") or {}
         self.faults = config.get("faults") or {}
         self.workers_n = int(inference.get("workers", 4))
-        max_queue = self.faults.get("max_queue", inference.get("max_queue"))
-        self.queue: asyncio.Queue[Operation] = asyncio.Queue(int(max_queue or 0))
+        # A fault plan's max_queue (0: none) bounds the queue tighter than the config's own.
+        max_queue = self.faults.get("max_queue") or inference.get("max_queue") or 0
+        self.queue: asyncio.Queue[Operation] = asyncio.Queue(int(max_queue))
         self.timeout_s = float(inference.get("timeout_s", DEFAULT_INFERENCE_TIMEOUT_S))
         if not self.timeout_s > 0:
             raise WorkbenchError("inference.timeout_s", "must be > 0", "use seconds, e.g. 120")

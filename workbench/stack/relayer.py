@@ -11,8 +11,11 @@ estimate (x1.2) becomes the gas limit; fees are EIP-1559.
 
 Pending transactions are kept per account by nonce with their full signed parameters, so a stuck
 one can be re-sent with higher fees (`replace`). A background task marks them mined when the
-account's mined nonce count passes them. `start()` takes every account's nonce from the chain's
-`pending` count, so a restarted relayer carries on after its earlier self.
+account's mined nonce count passes them, and replaces any pending longer than `stuck_after_s`
+(same nonce and calldata, fees x1.25; the user's message can then mine under the new hash, which
+the flow finds through the user's nonce, see `chain.wait_permission`). `start()` takes every
+account's nonce from the chain's `pending` count, which includes transactions still in the pool,
+so a relayer restarted after a crash carries on after its earlier self without a nonce clash.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger("workbench.stack.relayer")
 
 GAS_MARGIN = 1.2
 MIN_REPLACEMENT_BUMP = 1.125  # nodes refuse a replacement paying less than +10 % (geth, anvil)
+STUCK_FEE_FACTOR = 1.25  # each replacement of a stuck tx pays this much more
+DEFAULT_STUCK_AFTER_S = 15.0
 # Revert reasons that mean "this exact message can never succeed again": a conflict, not a typo.
 CONFLICT_ERRORS = frozenset({"InvalidNonce"})
 # Send errors that mean our idea of the account's nonce is stale.
@@ -99,6 +104,7 @@ class Relayer:
         keys: list[str],
         confirm_poll_s: float = 0.25,
         fee_ttl_s: float = 1.0,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
     ):
         if not keys:
             raise ValueError("relayer needs at least one key")
@@ -109,13 +115,14 @@ class Relayer:
         )
         self.accounts = [self._account(k) for k in keys]
         self.confirm_poll_s, self.fee_ttl_s = confirm_poll_s, fee_ttl_s
+        self.stuck_after_s = stuck_after_s
         self._turn = itertools.count()
         self._in_flight: set[tuple[str, int]] = set()
         self._fees: tuple[float, dict[str, int]] | None = None
         self._chain_id: int | None = None
         self._confirmer: asyncio.Task | None = None
         self.relayed = self.relay_errors = self.refused = self.confirmed = self.reverted = 0
-        self.retries = 0
+        self.retries = self.replaced = 0
 
     def _account(self, key: str) -> RelayAccount:
         account = Account.from_key(key)
@@ -143,6 +150,7 @@ class Relayer:
             "relay_errors": self.relay_errors,
             "relay_refused": self.refused,
             "relay_retries": self.retries,
+            "relay_replaced": self.replaced,
             "confirmed": self.confirmed,
             "reverted": self.reverted,
         }
@@ -298,7 +306,21 @@ class Relayer:
             new_hash = await self._send_raw(acct, tx)
         pending.tx = tx
         pending.hashes.append(new_hash)
+        pending.sent_at = time.monotonic()
         return new_hash
+
+    async def _replace_stuck(self, acct: RelayAccount) -> None:
+        """Re-sends, with higher fees, each tx pending longer than `stuck_after_s` since its
+        last send. A failed attempt waits another `stuck_after_s` rather than hammering."""
+        now = time.monotonic()
+        for pending in [p for p in acct.pending.values() if now - p.sent_at > self.stuck_after_s]:
+            try:
+                await self.replace(pending.hashes[-1], STUCK_FEE_FACTOR)
+                self.replaced += 1
+                log.info("replaced stuck tx (nonce %d of %s)", pending.nonce, acct.address)
+            except (StaleNonce, RelayError, KeyError) as e:  # mined meanwhile, or the node said no
+                pending.sent_at = now
+                log.info("replacing stuck nonce %d failed: %s", pending.nonce, e)
 
     def _find(self, tx_hash: str) -> tuple[RelayAccount, PendingTx]:
         for acct in self.accounts:
@@ -331,6 +353,7 @@ class Relayer:
             if status == 0:
                 self.reverted += 1
                 log.warning("relayed tx %s reverted on chain", pending.hashes[-1])
+        await self._replace_stuck(acct)
 
     async def _status(self, pending: PendingTx) -> int | None:
         """The receipt status of whichever of its hashes was mined (None if not found)."""

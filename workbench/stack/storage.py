@@ -34,7 +34,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from workbench.errors import WorkbenchError
 from workbench.stack.server import ApiError, component_config, make_app, query_arg, run
@@ -222,7 +222,8 @@ class StorageServer:
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
-                if part.name == "file":
+                # A nested multipart (a directory, to Kubo) has no name: not a file for us.
+                if isinstance(part, BodyPartReader) and part.name == "file":
                     return part.filename or "", await self._read_limited(part)
                 await part.release()
         except (ValueError, KeyError, AssertionError) as e:

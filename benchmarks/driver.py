@@ -12,7 +12,10 @@ flows phase only (from the first launch to the last outcome):
   after the run (`benchmarks/crypto.py`'s `crypto_floor` on the same data sizes), and `cpu_vs_floor`
   = driver CPU per flow / floor;
 - `loop_lag_ms`: p50/p99/max delay of the run's 10 ms asyncio ticker (the Runner's `LoopLagProbe`,
-  on the driver loop) while the flows ran;
+  on the driver loop) while the flows ran; `control_loop_lag_ms`: the same ticker in a separate
+  idle process over the same window, i.e. what the machine alone (stack, other users) costs a
+  loop that does nothing; `loop_thread.runqueue_wait_s`: time the driver's loop thread was
+  runnable but had no CPU (Linux schedstat);
 - `peak_rss_mb`: the driver process's peak RSS (getrusage; the whole process lifetime, which is
   one run) and `rss_end_mb`.
 
@@ -64,7 +67,7 @@ def _thread_names() -> dict[int, str]:
 def _thread_group(name: str, main_id: int, tid: int) -> str:
     if tid == main_id:
         return "event_loop"
-    for prefix in ("crypto", "sampler"):
+    for prefix in ("crypto", "sampler", "asyncio"):
         if name.startswith(prefix):
             return prefix
     return "other"
@@ -114,6 +117,46 @@ def _schedstat() -> tuple[int, int]:
         return 0, 0
 
 
+# A bare asyncio ticker in its own process, recording only between "go" and the end of stdin:
+# the lag a loop that does nothing sees on this machine at the same time (the control).
+_CONTROL_TICKER = """
+import asyncio, json, statistics, sys, threading, time
+go, stop, delays = threading.Event(), threading.Event(), []
+def read():
+    sys.stdin.readline(); go.set(); sys.stdin.readline(); stop.set()
+async def main():
+    threading.Thread(target=read, daemon=True).start()
+    while not stop.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        if go.is_set():
+            delays.append(max(0.0, (time.perf_counter() - before - 0.01) * 1000))
+    q = statistics.quantiles(delays, n=100, method="inclusive") if len(delays) > 1 else [0.0] * 99
+    print(json.dumps({"p50": round(q[49], 2), "p99": round(q[98], 2), "ticks": len(delays)}))
+asyncio.run(main())
+"""
+
+
+class ControlTicker:
+    """The control for `loop_lag_ms`: a 10 ms ticker in a separate, otherwise idle process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CONTROL_TICKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> dict:
+        out, _ = self.proc.communicate("stop\n", timeout=10)
+        return json.loads(out)
+
+
 def _loop_profiler():
     """`BENCH_CPROFILE=path`: cProfile of the event-loop thread during the flows phase (for
     finding hot spots; it inflates the CPU figures, so never quote a profiled run)."""
@@ -141,6 +184,7 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
 
         def _sampler(self, target):
             self.bench_sampler = super()._sampler(target)
+            self.control = ControlTicker()  # starts now, records from go()
             return self.bench_sampler
 
         async def _drive(self, ctx, ws):
@@ -149,6 +193,7 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
             stack = _stack_procs(self.bench_sampler.processes)
             stack0, sys0, sched0 = _cpu_of(stack), psutil.cpu_times(), _schedstat()
             before = {t.id: t.user_time + t.system_time for t in proc.threads()}
+            self.control.go()
             cpu0, t0 = proc.cpu_times(), time.perf_counter()
             profiler = _loop_profiler()
             try:
@@ -167,7 +212,11 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
                         names.get(tid, "?"), threading.main_thread().native_id, tid
                     )
                     groups[group] += cpu - before.get(tid, 0.0)
+                # threads that ended inside the window (e.g. resolver threads) are in no group
+                total = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+                groups["ended_threads"] = max(0.0, total - sum(groups.values()))
                 lag = sorted(probe.delays_ms[lag_from:])
+                control = self.control.result()
                 self.bench = {
                     "wall_s": wall,
                     "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
@@ -184,6 +233,7 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
                         c: round(stack1[c] - stack0[c], 3) for c in stack1 if c in stack0
                     },
                     "system_cpu_busy_pct": _busy_pct(sys0, sys1),
+                    "control_lag_ms": control,
                 }
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-driver-"))
@@ -241,6 +291,7 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
             "max": round(max(lag, default=0.0), 2),
             "ticks": len(lag),
         },
+        "control_loop_lag_ms": b["control_lag_ms"],
         "loop_thread": b["loop_thread"],
         "stack_cpu_s": b["stack_cpu_s"],
         "system_cpu_busy_pct": b["system_cpu_busy_pct"],

@@ -408,7 +408,7 @@ def test_faults_from_config(tmp_path):
     assert an.summarize(r)["faults_injected"] == "storage-flaky"
 
 
-def _samples(rows):
+def _wide_samples(rows):
     return pd.DataFrame(rows, columns=["t", "wall", "component", "pid", "metric", "value"])
 
 
@@ -421,12 +421,12 @@ def test_workbench_cpu_sums_processes_per_tick_and_ignores_the_neighbours():
             (t, 0, "system", None, "cpu_pct", 99.0),  # someone else is busy on the box
         ]
     rows.append((1.0, 0, "api", 3, "cpu_pct", 40.0))
-    cpu = an.workbench_cpu(_samples(rows), cpu_count=2)
+    cpu = an.workbench_cpu(_wide_samples(rows), cpu_count=2)
     assert cpu["avg"] == pytest.approx(((60 + 20) / 2 + (60 + 20 + 40) / 2) / 2)
     assert cpu["peak"] == pytest.approx(60.0)
 
 
 def test_memory_trend_is_none_for_a_run_too_short_to_show_a_trend():
     rows = [(t / 2, 0, "driver", 1, "rss_mb", 100 + t) for t in range(20)]  # 10 s, steep
-    assert an.memory_trend(_samples(rows)) is None
-    assert an.memory_trend(_samples(rows), min_span_s=1.0)["slope_mb_per_min"] > 0
+    assert an.memory_trend(_wide_samples(rows)) is None
+    assert an.memory_trend(_wide_samples(rows), min_span_s=1.0)["slope_mb_per_min"] > 0

@@ -252,3 +252,14 @@ def test_a_run_stops_at_preflight_before_any_wallet(local_stack, tmp_path, monke
     assert not wallet_file.exists()  # nothing generated, nothing funded
     events = (config.results_dir() / "events.jsonl").read_text()
     assert '"reason":"error: WorkbenchError"' in events
+
+
+def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_WALLET_FILE", str(tmp_path / "wallets.json"))
+    path = write(tmp_path, stack_doc(local_stack))
+    config = RunConfig(users=2, profile="fast", target=str(path), output_dir=str(tmp_path / "o"))
+    console = io.StringIO()
+    with pytest.raises(WorkbenchError) as err:  # remote wallets are never funded by a run
+        asyncio.run(Runner(config, progress=False, out=console).execute())
+    assert err.value.field == "wallets" and "wallets --fund" in err.value.fix
+    assert "✅ Target local-as-remote ready" in console.getvalue()

@@ -16,10 +16,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from workbench.secrets import Redactor, env_secrets
 
 # The flow's steps, in order, named as in the Vana reference.
 STEPS = (
@@ -71,17 +73,29 @@ class EventWriter:
 
     A `kill -9` can tear at most the line being written; `read_events` skips such a line.
     Thread-safe: the sampler and the runner may write from different threads.
+    Events get shared: every event is redacted first (the environment's secrets, those given
+    here or by `add_secrets`, and 32-byte hex under a secret-sounding key; see
+    `workbench.secrets`).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, secrets: Iterable[str] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._lock = threading.Lock()
+        self._redactor = Redactor([*env_secrets(), *secrets])
         self.count = 0
 
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Values no later event may contain (the runner adds its wallets' keys and mnemonic)."""
+        with self._lock:
+            self._redactor.add(secrets)
+
     def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
+        line = json.dumps(event, separators=(",", ":"), default=str)
+        if self._redactor.needed(line):  # rare: rebuild the event with its secrets replaced
+            line = json.dumps(self._redactor.value(event), separators=(",", ":"), default=str)
+        line += "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()

@@ -103,20 +103,27 @@ class FaultPlan:
             out["chain_stall"] = [asdict(s) for s in self.chain_stall]
         return out
 
-    def timeline(self) -> list[FaultAction]:
-        """The schedule's actions in time order (a restart is a kill, then a restart)."""
-        actions = []
-        for r in self.restarts:
-            actions += [
+    def windows(self) -> list[tuple[FaultAction, FaultAction]]:
+        """(begin, end) pairs: kill then restart a component, stall then resume the chain."""
+        restarts = [
+            (
                 FaultAction(r.at_s, "kill", r.component),
                 FaultAction(r.at_s + r.down_s, "restart", r.component),
-            ]
-        for s in self.chain_stall:
-            actions += [
+            )
+            for r in self.restarts
+        ]
+        stalls = [
+            (
                 FaultAction(s.at_s, "stall", "anvil"),
                 FaultAction(s.at_s + s.duration_s, "resume", "anvil"),
-            ]
-        return sorted(actions, key=lambda a: a.at_s)
+            )
+            for s in self.chain_stall
+        ]
+        return restarts + stalls
+
+    def timeline(self) -> list[FaultAction]:
+        """Every action in time order (ties keep the file's order, restarts first)."""
+        return sorted((a for pair in self.windows() for a in pair), key=lambda a: a.at_s)
 
 
 def load_faults(name_or_path: str | Path | None) -> FaultPlan | None:
@@ -376,7 +383,11 @@ class FaultSchedule:
         await self.stop()
 
     async def _run(self) -> None:
-        for action in self.plan.timeline():
+        # Each window runs on its own: a slow restart must not delay a stall due meanwhile.
+        await asyncio.gather(*(self._window(*pair) for pair in self.plan.windows()))
+
+    async def _window(self, begin: FaultAction, end: FaultAction) -> None:
+        for action in (begin, end):
             await asyncio.sleep(max(0.0, self._t0 + action.at_s - self.clock.now()))
             t = self.clock.now()
             try:

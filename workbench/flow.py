@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import random
 import time
@@ -23,6 +24,7 @@ import aiohttp
 from workbench import chain, crypto, permission
 from workbench.events import Clock
 from workbench.target import Endpoints
+from workbench.views import ViewFunction
 
 Emit = Callable[[dict[str, Any]], None]
 TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -105,12 +107,21 @@ class FlowContext:
     settings: FlowSettings = field(default_factory=FlowSettings)
     run_id: str = ""
     _contracts: dict[str, Any] = field(default_factory=dict)
+    _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
 
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
             address = self.endpoints.contracts[name]
             self._contracts[name] = chain.contract(self.w3, name, address)
         return self._contracts[name]
+
+    async def read(self, name: str, function: str, *args: Any) -> Any:
+        """A contract view call as one raw eth_call (ABI resolved once per run): web3's contract
+        call path was the driver's biggest loop CPU per flow (see `workbench.views`)."""
+        view = self._views.get((name, function))
+        if view is None:
+            view = self._views[(name, function)] = ViewFunction(self.contract(name), function)
+        return await view(*args)
 
     async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs CPU-bound crypto off the event loop."""
@@ -205,11 +216,7 @@ class FlowRun:
         async with self.step("upload_file") as attempts:
             file_url = await self.upload(attempts, blob, "data.pgp")
         async with self.step("resolve_grantee"):
-            grantee = (
-                await ctx.contract("DataPortabilityGrantees")
-                .functions.grantees(ep.grantee_id)
-                .call()
-            )
+            grantee = await ctx.read("DataPortabilityGrantees", "grantees", ep.grantee_id)
             grantee_address = _grantee_address(grantee)
         async with self.step("upload_grant") as attempts:
             grant = {
@@ -218,20 +225,20 @@ class FlowRun:
                 "parameters": {"prompt": s.prompt, "response_format": {"type": "json_object"}},
             }
             grant_url = await self.upload(attempts, json.dumps(grant).encode(), "grant.json")
-        async with self.step("server_identity"):
-            identity = await self.get_json(
-                f"{ep.personal_server_url}/identity", params={"address": w.address}
+        async with self.step("server_identity") as attempts:  # a GET: safe to repeat
+            url = f"{ep.personal_server_url}/identity"
+            identity = await self.reconnecting(
+                attempts,
+                lambda: self.retrying(
+                    attempts, lambda: self.get_json(url, params={"address": w.address})
+                ),
             )
             server = identity["personal_server"]
             server_key = _uncompressed(server["public_key"])
         async with self.step("share_key"):
             shared_key = await ctx.cpu(crypto.ecies_encrypt, server_key, password.encode())
         async with self.step("read_nonce"):
-            nonce = (
-                await ctx.contract("DataPortabilityPermissions")
-                .functions.userNonce(w.address)
-                .call()
-            )
+            nonce = await ctx.read("DataPortabilityPermissions", "userNonce", w.address)
         async with self.step("sign_permission"):
             message = {
                 "nonce": nonce,
@@ -248,12 +255,14 @@ class FlowRun:
                 ep.chain_id, ep.contracts["DataPortabilityPermissions"], message
             )
             signature = await ctx.cpu(permission.sign, w.private_key, typed)
-        async with self.step("relay"):  # never retried: a relayed tx is not idempotent
+        async with self.step("relay") as attempts:  # see `reconnecting`: never blindly re-sent
             body = {"typedData": typed, "signature": signature, "expectedUserAddress": w.address}
-            answer = await self.post_json(f"{ep.api_url}/api/relay", body)
+            answer = await self.reconnecting(
+                attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
+            )
             self.rec.ids["tx_hash"] = answer["transactionHash"]
         async with self.step("confirm"):
-            self.rec.ids["permission_id"] = await self.confirm(answer["transactionHash"])
+            self.rec.ids["permission_id"] = await self.confirm(answer["transactionHash"], nonce)
         async with self.step("inference_submit") as attempts:
             submitted = await self.retrying(
                 attempts,
@@ -276,19 +285,53 @@ class FlowRun:
             form.add_field("file", blob, filename=name, content_type="application/octet-stream")
             return self.request("POST", url, data=form)
 
-        answer = await self.retrying(attempts, send)
+        # Also waits out a storage server that is down or restarting, as server_identity does.
+        try:
+            answer = await self.reconnecting(attempts, lambda: self.retrying(attempts, send))
+        except TimeoutError as e:  # requests' own deadline (the flow's arrives as a cancel)
+            limit = self.ctx.settings.http_timeout_s
+            raise FlowError("storage", f"storage did not answer within {limit:g} s") from e
         self.rec.extra.setdefault("stored", []).append({"cid": answer["Hash"], "bytes": len(blob)})
         return f"ipfs://{answer['Hash']}"
 
-    async def confirm(self, tx_hash: str) -> int:
+    async def reconnecting(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
+        """Waits out a server that refuses connections (down or restarting) for up to one
+        request timeout, retrying with capped jittered backoff. Only a refused connection is
+        retried: the request never reached the server, so even a relay (not idempotent: it
+        may have been sent on chain) is safe to post again."""
         s = self.ctx.settings
-        receipt = await chain.wait_receipt(
-            self.ctx.w3, tx_hash, s.receipt_timeout_s, s.receipt_poll_s
-        )
-        if receipt["status"] != 1:
-            raise FlowError("revert", f"transaction {tx_hash} reverted")
-        abi = self.ctx.contract("DataPortabilityPermissions").abi
-        return chain.decode_permission_added(receipt, abi)
+        deadline = time.monotonic() + s.http_timeout_s
+        for attempt in itertools.count():
+            try:
+                return await call()
+            except aiohttp.ClientConnectorError:
+                if time.monotonic() >= deadline:
+                    raise
+                attempts[0] += 1
+                backoff = min(s.retry_cap_s, s.retry_base_s * 2 ** min(attempt, 16))
+                await asyncio.sleep(random.uniform(0, backoff))
+        raise AssertionError("unreachable")
+
+    async def confirm(self, tx_hash: str, nonce: int) -> int:
+        """The permission id once the message signed with `nonce` is mined, also under a
+        replacement tx of the relayer (see `chain.wait_permission`)."""
+        s = self.ctx.settings
+        permissions = self.ctx.contract("DataPortabilityPermissions")
+        try:
+            done = await chain.wait_permission(
+                permissions,
+                tx_hash,
+                self.wallet.address,
+                nonce,
+                s.receipt_timeout_s,
+                s.receipt_poll_s,
+            )
+        except chain.TxReverted as e:
+            raise FlowError("revert", str(e)) from None
+        if done.tx_hash != tx_hash:  # mined under a replacement: record the hash that counts
+            self.rec.ids["tx_hash"] = done.tx_hash
+            self.rec.extra["relayed_tx_hash"] = tx_hash
+        return done.permission_id
 
     async def poll(self, attempts: list[int]) -> Any:
         ep, s = self.ctx.endpoints, self.ctx.settings
@@ -472,6 +515,11 @@ async def flow_context(
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
     executor = ThreadPoolExecutor(max_workers=crypto_threads or 2, thread_name_prefix="crypto")
     w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
+    # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
+    # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
+    # CPU per call. Flows never send transactions, so it guards nothing here.
+    if "validation" in w3.middleware_onion:
+        w3.middleware_onion.remove("validation")
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             yield FlowContext(

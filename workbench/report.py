@@ -34,6 +34,7 @@ from workbench import criteria as crit
 from workbench.errors import WorkbenchError
 from workbench.events import STEPS
 from workbench.profiles import PROJECT_ROOT
+from workbench.secrets import find_mnemonics, phrase_pattern
 
 OUTPUTS = ("summary.json", "criteria.csv", "report.html")
 FIGURE_CAPTIONS = {
@@ -113,20 +114,32 @@ def _wallet_secrets(config: Mapping[str, Any]) -> list[str]:
 def find_secrets(text: str, secrets: Iterable[str] = ()) -> list[str]:
     """Where `text` holds a secret: each hit described without the secret itself.
 
-    Two rules: (1) any of `secrets`, with or without `0x`, case-insensitive; (2) a 32-byte hex
-    value whose nearest preceding label names a key or secret (`funder_private_key: 0x…`) and not
-    a public value (`tx_hash`, `public_key`, `*_id`), so transaction hashes pass."""
+    Three rules: (1) any of `secrets`, with or without `0x`, case-insensitive (a mnemonic also
+    with its words split by newlines, commas or quotes); (2) a 32-byte hex value whose nearest
+    preceding label names a key or secret (`funder_private_key: 0x…`) and not a public value
+    (`tx_hash`, `public_key`, `*_id`), so transaction hashes pass; (3) any valid BIP-39 mnemonic,
+    known or not."""
     hits = []
     lowered = text.lower()
+    known_hex: dict[str, int] = {}  # 32-byte keys: one pass over the text finds them all
     for i, secret in enumerate(secrets):
         needle = secret.strip().lower().removeprefix("0x")
-        if len(needle) >= 16 and needle in lowered:
+        if _HEX64.fullmatch(needle):
+            known_hex[needle] = i
+        elif len(needle) >= 16 and needle in lowered:
             hits.append(f"known secret #{i + 1} at offset {lowered.index(needle)}")
+        elif len(needle.split()) > 1 and (words := phrase_pattern(needle).search(text)):
+            hits.append(f"the words of known secret #{i + 1} at offset {words.start()}")
+    for match in _HEX64.finditer(lowered):
+        i = known_hex.get(match.group().removeprefix("0x"))
+        if i is not None:
+            hits.append(f"known secret #{i + 1} at offset {match.start()}")
     scannable = _DATA_URI.sub("data:image", text)  # our own PNGs: huge and never text
     for match in _HEX64.finditer(scannable):
         label = _label_before(scannable, match.start())
         if label and _secret_label(label):
             hits.append(f"a 32-byte hex value labelled {label!r}")
+    hits += [f"a {len(m.split())}-word BIP-39 mnemonic" for m in find_mnemonics(scannable)]
     return hits
 
 
@@ -173,7 +186,7 @@ def render(
     results_dir = Path(results_dir)
     results = analysis.load_results(results_dir)
     all_secrets = [*(secrets or ()), *known_secrets(results.config)]
-    inputs = [results_dir / "config.json", results_dir / "events.jsonl"]
+    inputs = [results_dir / name for name in ("config.json", "events.jsonl", "samples.csv")]
     refuse_secrets(inputs, all_secrets)  # a leaky run must not become a shareable report
     criteria, criteria_note = _criteria(criteria_path, results.config)
     summary = analysis.summarize(results, criteria)

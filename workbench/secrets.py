@@ -25,7 +25,28 @@ HEX64 = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "key")
 PUBLIC_WORDS = ("public", "hash", "address", "topic", "_id", "id_", "cid")
 MNEMONIC_LENGTHS = (12, 15, 18, 21, 24)
-_WORD_RUN = re.compile(r"[a-z]+(?:[^a-zA-Z0-9]{1,4}[a-z]+){11,}")
+# C-speed stand-ins for the HEX64 regex, which backtracks on every shorter hex run (addresses):
+# translate marks hex digits "1" and the rest "0" (a 64-digit run exists iff 64 "1"s do), or
+# keeps hex digits and blanks the rest, so split() yields the runs.
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_HEX_MARKS = bytes(49 if i in _HEX_DIGITS else 48 for i in range(256))
+_HEX_ONLY = bytes(i if i in _HEX_DIGITS else 32 for i in range(256))
+_HEX_RUN = b"1" * 64
+_JSON_KEY = re.compile(r'"([^"\\]{1,80})":')
+_WORD_RUN = re.compile(r"(?<![A-Za-z])[a-z]+(?:[^a-zA-Z0-9]{1,4}[a-z]+){11,}")
+
+
+def has_hex64(text: str) -> bool:
+    """Does `text` hold a run of 64+ hex digits (a candidate key)? Cheap."""
+    return _HEX_RUN in text.encode("utf-8", "replace").translate(_HEX_MARKS)
+
+
+def hex64_values(text: str) -> list[str]:
+    """The 32-byte hex values in `text` (as HEX64 finds them), lower case without `0x`."""
+    if not has_hex64(text):
+        return []
+    runs = text.encode("utf-8", "replace").translate(_HEX_ONLY).split()
+    return [run.decode().lower() for run in runs if len(run) == 64]
 
 
 def secret_label(name: str) -> bool:
@@ -121,7 +142,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()):
         self._hex: set[str] = set()  # 64-hex secrets, lower case without 0x: a set lookup each
-        self._phrases: list[re.Pattern[str]] = []
+        self._phrases: list[tuple[str, re.Pattern[str]]] = []  # (its longest word, pattern)
         self._others: list[str] = []
         self.add(secrets)
 
@@ -133,17 +154,20 @@ class Redactor:
             if HEX64.fullmatch(s):
                 self._hex.add(s.lower().removeprefix("0x"))
             elif len(s.split()) > 1:
-                self._phrases.append(phrase_pattern(s))
+                self._phrases.append((max(s.lower().split(), key=len), phrase_pattern(s)))
             elif s not in self._others:
                 self._others.append(s)
 
     def text(self, text: str, label: str | None = None) -> str:
         """`text` with known secrets replaced, and any 32-byte hex too when `label` says secret."""
         labelled = label is not None and secret_label(label)
-        if self._hex or labelled:
+        if (self._hex or labelled) and has_hex64(text):
             text = HEX64.sub(lambda m: self._hex_match(m, labelled), text)
-        for pattern in self._phrases:
-            text = pattern.sub(REDACTED, text)
+        if self._phrases:
+            low = text.lower()
+            for word, pattern in self._phrases:
+                if word in low:
+                    text = pattern.sub(REDACTED, text)
         for other in self._others:
             if other in text:
                 text = text.replace(other, REDACTED)
@@ -154,6 +178,20 @@ class Redactor:
         known = value.lower().removeprefix("0x") in self._hex
         return REDACTED if known or labelled else value
 
+    def needed(self, line: str) -> bool:
+        """Might `value()` change the event serialised as this JSON line? A cheap test, so the
+        common event (no secret, no secret-named field) is written without a walk."""
+        hexes = hex64_values(line)
+        if any(h in self._hex for h in hexes):
+            return True
+        low = line.lower()
+        if any(w in low and p.search(line) for w, p in self._phrases):
+            return True
+        if any(o in line for o in self._others):
+            return True
+        labels = hexes and any(w in low for w in SECRET_WORDS) and _JSON_KEY.findall(line)
+        return bool(labels) and any(secret_label(k) for k in labels)
+
     def value(self, obj: Any, label: str | None = None) -> Any:
         """A copy of a JSON-like value with secrets replaced; dict keys label their values."""
         if isinstance(obj, str):
@@ -162,7 +200,9 @@ class Redactor:
             return {k: self.value(v, str(k)) for k, v in obj.items()}
         if isinstance(obj, list | tuple):
             return [self.value(v, label) for v in obj]
-        return obj
+        if obj is None or isinstance(obj, bool | int | float):
+            return obj
+        return self.text(str(obj), label)  # what json.dumps(default=str) would write
 
 
 @functools.cache

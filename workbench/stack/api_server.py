@@ -193,7 +193,7 @@ class ApiServer:
             async with self.session.request(method, url, **kwargs) as resp:
                 try:
                     answer = await resp.json(content_type=None)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested absurdly deep
                     answer = None
                 return resp.status, answer if isinstance(answer, dict) else {}
         except TimeoutError:

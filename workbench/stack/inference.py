@@ -35,7 +35,7 @@ def describe_file(data: bytes) -> dict[str, Any]:
     facts: dict[str, Any] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     facts["json_keys"] = len(doc) if isinstance(doc, dict) else None
     facts["keys"] = sorted(doc)[:SUMMARY_KEYS] if isinstance(doc, dict) else []
@@ -130,7 +130,7 @@ class OpenAICompatibleLLM:
                     text = (await resp.text())[:300]
                     raise InferenceError(f"{self.url} answered {resp.status}: {text}")
                 return await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as e:
             raise InferenceError(f"{self.url}: {type(e).__name__}: {e}") from None
         finally:
             if session is not self.session:
@@ -148,7 +148,7 @@ def _output(content: str, params: dict) -> Any:
         return content
     try:
         return json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InferenceError("model answer is not the JSON the response_format asked for") from None
 
 

@@ -363,7 +363,7 @@ class PersonalServer:
     async def _fetch_grant(self, url: str) -> dict:
         try:
             grant = json.loads(await self._fetch(url))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(422, "grant file is not JSON") from None
         params = grant.get("parameters") if isinstance(grant, dict) else None
         if not isinstance(params, dict) or not isinstance(params.get("prompt"), str):

@@ -147,7 +147,7 @@ def _parse(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     """The calls of a request and whether it was a batch; ValueError names what is wrong."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: `[[[[…` too deep
         raise ValueError("body is not valid JSON") from None
     calls = data if isinstance(data, list) else [data]
     if not calls or not all(

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from workbench.errors import WorkbenchError
+from workbench.secrets import redact, redact_logs
 from workbench.stack.process import watch_parent
 
 CONFIG_ENV = "WORKBENCH_COMPONENT"
@@ -30,6 +31,10 @@ READY_PREFIX = "READY "
 HOST = "127.0.0.1"
 DEFAULT_MAX_BODY = 1024 * 1024
 UINT256_MAX = 2**256 - 1  # what the contracts take: a larger id can only be a bad request
+# py_ecc (imported by eth-account's keyfile module) raises the recursion limit to 100000. The C
+# JSON parser then no longer stops at a RecursionError: a body of 100000 `[` overflows the C stack
+# and the server dies of SIGSEGV. Servers need no deep recursion: back to Python's default.
+RECURSION_LIMIT = 1000
 
 log = logging.getLogger("workbench.stack")
 
@@ -46,7 +51,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"success": False, "error": message}, status=status)
+    # An error text may quote an exception or a request; it never carries this process's keys.
+    return web.json_response({"success": False, "error": redact(message)}, status=status)
 
 
 @web.middleware
@@ -86,10 +92,8 @@ async def json_body(request: web.Request, schema: Mapping[str, type | tuple[type
         body = await request.json(loads=json.loads)
     except web.HTTPException:
         raise
-    except (ValueError, LookupError) as e:  # bad JSON, bad UTF-8, unknown declared charset
+    except (ValueError, LookupError, RecursionError) as e:  # bad JSON or UTF-8, unknown charset
         raise ApiError(400, f"body is not valid JSON: {e}") from None
-    except RecursionError:  # `[[[[…` nested deeper than the parser's stack
-        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     for name, kind in schema.items():
@@ -196,6 +200,7 @@ async def serve(app: web.Application, host: str = HOST, port: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _json_protocol_errors()
     runner = web.AppRunner(app, access_log=None)  # per-request logging would distort load runs
     watchdog = asyncio.create_task(watch_parent())
     stopping = asyncio.create_task(stop.wait())
@@ -213,8 +218,30 @@ async def serve(app: web.Application, host: str = HOST, port: int = 0) -> None:
         await runner.cleanup()  # runs the cleanup hooks even after a failed or abandoned startup
 
 
+def _json_protocol_errors() -> None:
+    """Requests aiohttp cannot parse (a request line over 8 KiB, a bad header byte) never reach
+    the middleware: aiohttp answers them itself, in plain text. Make those answers JSON too, so
+    every error a client sees has one shape. Patches this server process only."""
+    from aiohttp.web_protocol import RequestHandler
+
+    plain = RequestHandler.handle_error
+    if getattr(plain, "json_errors", False):
+        return
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        answer = plain(self, request, status, exc, message)  # logs; raises if a reply began
+        text = "internal server error" if status >= 500 else message or answer.reason
+        response = error_response(status, text)
+        response.force_close()  # as aiohttp does: the stream may be out of step
+        return response
+
+    handle_error.json_errors = True
+    RequestHandler.handle_error = handle_error
+
+
 async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
     await runner.setup()
+    sys.setrecursionlimit(RECURSION_LIMIT)  # after every import and startup hook: see above
     site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
     await site.start()
     return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -227,4 +254,5 @@ def run(app: web.Application, port: int = 0) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_logs()  # log lines and tracebacks never carry the keys in WORKBENCH_SECRETS
     asyncio.run(serve(app, HOST, port))

@@ -1,0 +1,63 @@
+"""`workbench.views.ViewFunction` answers what web3's contract call answers, with one eth_call."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+
+from workbench import chain
+from workbench.views import ViewFunction
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def stack_w3(local_stack):
+    w3 = chain.make_web3(local_stack.endpoints.rpc_url, timeout_s=10)
+    yield w3
+    await chain.close_web3(w3)
+
+
+async def test_same_answers_as_web3(local_stack, stack_w3) -> None:
+    contracts = local_stack.endpoints.contracts
+    grantees = chain.contract(
+        stack_w3, "DataPortabilityGrantees", contracts["DataPortabilityGrantees"]
+    )
+    permissions = chain.contract(
+        stack_w3, "DataPortabilityPermissions", contracts["DataPortabilityPermissions"]
+    )
+    user = Account.create().address
+    grantee_id = local_stack.endpoints.grantee_id
+    assert await ViewFunction(grantees, "grantees")(grantee_id) == tuple(
+        await grantees.functions.grantees(grantee_id).call()
+    )
+    assert await ViewFunction(permissions, "userNonce")(user) == (
+        await permissions.functions.userNonce(user).call()
+    )
+
+
+async def test_counts_one_request_per_call(local_stack, stack_w3) -> None:
+    contracts = local_stack.endpoints.contracts
+    permissions = chain.contract(
+        stack_w3, "DataPortabilityPermissions", contracts["DataPortabilityPermissions"]
+    )
+    sent: list[str] = []
+    provider = stack_w3.provider
+    original = provider._make_request
+
+    async def counting(method, request_data):
+        sent.append(str(method))
+        return await original(method, request_data)
+
+    provider._make_request = counting
+    await ViewFunction(permissions, "userNonce")(Account.create().address)
+    assert sent == ["eth_call"]
+
+
+def test_unknown_function_is_refused(local_stack) -> None:
+    w3 = chain.make_web3(local_stack.endpoints.rpc_url)
+    c = chain.contract(
+        w3, "DataPortabilityGrantees", local_stack.endpoints.contracts["DataPortabilityGrantees"]
+    )
+    with pytest.raises(ValueError, match="noSuchFunction"):
+        ViewFunction(c, "noSuchFunction")

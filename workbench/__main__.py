@@ -75,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_flow)
 
     w = sub.add_parser("wallets", help="generate, fund, check or sweep test wallets")
-    w.add_argument("--generate", type=int, metavar="N", help="derive N wallets into the wallet file")
+    w.add_argument(
+        "--generate", type=int, metavar="N", help="derive N wallets into the wallet file"
+    )
     w.add_argument("--fund", action="store_true", help="top every wallet up to --amount-eth")
     w.add_argument("--check", action="store_true", help="validate the wallets and their funding")
     w.add_argument("--sweep", action="store_true", help="return all funds to the funder")
@@ -113,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("--users", type=int)
     nb.add_argument("--profile")
     nb.add_argument("--output-dir", dest="output_dir", default="outputs")
-    nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    nb.add_argument(
+        "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
+    )
     nb.set_defaults(func=_notebook)
 
     pf = sub.add_parser("preflight", help="check every endpoint of a target file, change nothing")

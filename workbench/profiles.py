@@ -24,11 +24,15 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise WorkbenchError(
-            "profile", f"no profile {name_or_path!r}", f"use one of {profile_names()} or a YAML path"
+            "profile",
+            f"no profile {name_or_path!r}",
+            f"use one of {profile_names()} or a YAML path",
         )
     with open(path, encoding="utf-8") as f:
         profile = yaml.safe_load(f)
     for section in ("chain", "storage", "inference", "relayer", "flow"):
         if not isinstance(profile.get(section), dict):
-            raise WorkbenchError(f"profile.{section}", f"missing in {path}", "copy it from fast.yaml")
+            raise WorkbenchError(
+                f"profile.{section}", f"missing in {path}", "copy it from fast.yaml"
+            )
     return profile

@@ -5,18 +5,21 @@ outcome, failures carry the class of the injected fault, and the faults are on r
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from workbench import analysis
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
 from workbench.events import read_events
 from workbench.faults import FAULTS_DIR, load_faults
+from workbench.profiles import PROFILES_DIR
 from workbench.runner import Runner, run
 
 PLANS = ("chaos", "rpc", "storage", "inference", "restarts", "chain_stall")
@@ -135,15 +138,14 @@ def test_faults_need_the_local_stack(tmp_path):
 
 
 def fault_run(tmp_path: Path, plan: str | Path, users: int, ramp_s: float, **params: Any):
-    """Runs a small staggered fast-profile run; returns (events, summary)."""
+    """Runs a small staggered fast-profile run; returns (events, results dir)."""
     config = RunConfig.from_params(
         users=users,
-        profile="fast",
         shape="staggered",
         ramp_s=ramp_s,
         faults=str(plan),
         output_dir=str(tmp_path / "out"),
-        **params,
+        **{"profile": "fast", **params},
     )
     outcome = asyncio.run(run(config, progress=False, report=False, out=io.StringIO()))
     assert outcome.reason == "completed"
@@ -153,7 +155,7 @@ def fault_run(tmp_path: Path, plan: str | Path, users: int, ramp_s: float, **par
     check_counts(events, users)
     on_disk = json.loads((outcome.results_dir / "summary.json").read_text())
     assert on_disk["faults_injected"] == load_faults(str(plan)).describe()
-    return events, on_disk
+    return events, outcome.results_dir
 
 
 def check_counts(events: list[dict[str, Any]], users: int) -> None:
@@ -183,7 +185,7 @@ def test_rpc_faults_are_ridden_out_or_classed_as_rpc(tmp_path):
         "rpc: {error_rate: 0.15, statuses: [429, 503], timeout_rate: 0.02, timeout_s: 1,"
         " drop_rate: 0.05}\n",
     )
-    events, _ = fault_run(tmp_path, plan, users=10, ramp_s=2)
+    events, run_dir = fault_run(tmp_path, plan, users=10, ramp_s=2)
     on, off = faults_of(events)
     assert (on["action"], off["action"]) == ("rpc_on", "rpc_off")
     counts = off["counts"]
@@ -202,7 +204,7 @@ def test_killed_servers_come_back_on_their_ports_and_later_flows_succeed(tmp_pat
         "restarts: [{component: api, at_s: 0.5, down_s: 0.5},"
         " {component: personal, at_s: 2.5, down_s: 0.5}]\n",
     )
-    events, _ = fault_run(tmp_path, plan, users=12, ramp_s=10)
+    events, run_dir = fault_run(tmp_path, plan, users=10, ramp_s=8)
     actions = [(f["action"], f["component"]) for f in faults_of(events)]
     assert actions == [
         ("kill", "api"),
@@ -223,25 +225,51 @@ def test_killed_servers_come_back_on_their_ports_and_later_flows_succeed(tmp_pat
 
 
 @pytest.mark.e2e
-def test_a_chain_stall_holds_flows_until_blocks_resume(tmp_path):
-    """Relayed txs wait in the pool; the relayer replaces the stuck ones (3 s on automine), so
-    some flows' own hashes never mine: they find their permission through their nonce."""
-    plan = write_plan(tmp_path, "name: stall\nchain_stall: [{at_s: 0.5, duration_s: 4.5}]\n")
-    events, _ = fault_run(tmp_path, plan, users=6, ramp_s=1.5)
-    stall, resume = faults_of(events)
-    assert (stall["action"], resume["action"]) == ("stall", "resume")
+def test_a_chain_stall_with_a_relayer_crash_in_it(tmp_path):
+    """No blocks for 6 s, and the API server (the relayer) is SIGKILLed while its txs sit in
+    the pool. The restarted relayer takes its nonces from the chain's pending counts (no clash
+    with the pooled txs); it replaces its own txs once stuck (1.5 s here), so those flows'
+    relayed hashes never mine and they find their permission through their nonce."""
+    plan = write_plan(
+        tmp_path,
+        "name: stall-crash\n"
+        "chain_stall: [{at_s: 0.5, duration_s: 6}]\n"
+        "restarts: [{component: api, at_s: 1.0, down_s: 0.2}]\n",
+    )
+    profile = yaml.safe_load((PROFILES_DIR / "fast.yaml").read_text())
+    profile["api"] = {"relayer": {"stuck_after_s": 1.5}}
+    profile_path = write_plan(tmp_path, yaml.safe_dump(profile), "profile.yaml")
+    events, run_dir = fault_run(tmp_path, plan, users=8, ramp_s=3, profile=str(profile_path))
+    actions = [f["action"] for f in faults_of(events)]
+    assert actions == ["stall", "kill", "restart", "resume"]
     flows = [e for e in events if e["kind"] == "flow"]
-    assert all(f["ok"] for f in flows), [f["error"] for f in flows]
-    waited = [f for f in flows if f["steps"]["confirm"] > 2]
-    assert waited, "some flows were confirming during the stall"
+    seen = [(round(f["t"], 1), f["error_class"], f["error"]) for f in flows]
+    # Only a relay in flight at the kill may fail; everything else waits for blocks and lands.
+    assert failed_classes(events) <= {"relay"}, seen
+    assert sum(f["ok"] for f in flows) >= 6, seen
+    assert any(f["ok"] and f["steps"]["confirm"] > 2 for f in flows), "flows waited for blocks"
     replaced = [f for f in flows if f.get("relayed_tx_hash")]
-    assert replaced and all(f["tx_hash"] != f["relayed_tx_hash"] for f in replaced)
+    assert replaced and all(f["ok"] and f["tx_hash"] != f["relayed_tx_hash"] for f in replaced)
+    restarted = next(f["pid"] for f in faults_of(events) if f["action"] == "restart")
+    gauges = api_gauges(run_dir, restarted)
+    assert gauges["relay_retries"] == 0  # nonces resynced from the pool: no stale-nonce resend
+    assert gauges["relay_replaced"] >= len(replaced) > 0
+
+
+def api_gauges(run_dir: Path, pid: int) -> dict[str, float]:
+    """The last /metrics gauges the sampler read from the API server process `pid`."""
+    out: dict[str, float] = {}
+    with open(run_dir / "samples.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["component"] == "api" and row["pid"] == str(pid):
+                out[row["metric"]] = float(row["value"])
+    return out
 
 
 @pytest.mark.e2e
 def test_a_stall_longer_than_the_flow_timeout_fails_flows_as_timeouts(tmp_path):
     plan = write_plan(tmp_path, "name: long-stall\nchain_stall: [{at_s: 0, duration_s: 30}]\n")
-    events, _ = fault_run(tmp_path, plan, users=3, ramp_s=0, flow_timeout_s=2.5)
+    events, run_dir = fault_run(tmp_path, plan, users=3, ramp_s=0, flow_timeout_s=2.5)
     flows = [e for e in events if e["kind"] == "flow"]
     assert [(f["status"], f["error_class"], f["failed_step"]) for f in flows] == [
         ("failed", "timeout", "confirm")

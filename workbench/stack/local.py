@@ -283,6 +283,7 @@ class LocalStack:
                 "backend": "simulated",
                 "latency_s": list(inference.get("latency_s", [0, 0])),
                 "workers": int(inference.get("workers", 4)),
+                "timeout_s": float(inference.get("timeout_s", 120)),
             },
         }
         faults = self.faults.inference if self.faults else None

@@ -38,6 +38,7 @@ PROXY_KEY = web.AppKey("rpc_proxy", object)
 CONTROL_PREFIXES = ("evm_", "anvil_", "txpool_")
 FAULT_CODE = -32005  # "limit exceeded", what public RPC providers answer when they throttle
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
+Calls = list[dict[str, Any]] | dict[str, Any]  # a batch, or one call
 
 
 class RpcProxy:
@@ -108,17 +109,19 @@ class RpcProxy:
             x -= rate
         return "drop" if x < f["drop_rate"] else None
 
-    async def _inject_error(self, request, body, calls) -> web.Response:
+    async def _inject_error(self, request: web.Request, body: bytes, calls: Calls) -> web.Response:
         status = self.rng.choice(self.faults["statuses"])
         self.counts[f"injected_status_{status}"] += 1
         return _answer(calls, status, f"injected fault: HTTP {status}")
 
-    async def _inject_timeout(self, request, body, calls) -> web.Response:
+    async def _inject_timeout(
+        self, request: web.Request, body: bytes, calls: Calls
+    ) -> web.Response:
         await self._maybe_forward(body)
         await asyncio.sleep(float(self.faults["timeout_s"]))
         return _answer(calls, 504, f"injected fault: no answer within {self.faults['timeout_s']} s")
 
-    async def _inject_drop(self, request, body, calls) -> web.Response:
+    async def _inject_drop(self, request: web.Request, body: bytes, calls: Calls) -> web.Response:
         await self._maybe_forward(body)
         if request.transport is not None:
             request.transport.close()  # no answer at all; aiohttp skips writing the response below
@@ -157,7 +160,7 @@ def _parse(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     return calls, isinstance(data, list)
 
 
-def _calls_of(body: bytes) -> list[dict[str, Any]] | dict[str, Any]:
+def _calls_of(body: bytes) -> Calls:
     """The request as `_answer` takes it: a batch list or one call (its id, if readable)."""
     try:
         calls, batch = _parse(body)
@@ -174,7 +177,7 @@ def _error(call_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": call_id, "error": {"code": code, "message": message}}
 
 
-def _answer(calls: list | dict, status: int, message: str) -> web.Response:
+def _answer(calls: Calls, status: int, message: str) -> web.Response:
     """A JSON-RPC error for the call, or a list of them for a batch, under HTTP `status`."""
     if isinstance(calls, dict):
         return web.json_response(_error(calls.get("id"), FAULT_CODE, message), status=status)

@@ -200,7 +200,6 @@ async def serve(app: web.Application, host: str = HOST, port: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _json_protocol_errors()
     runner = web.AppRunner(app, access_log=None)  # per-request logging would distort load runs
     watchdog = asyncio.create_task(watch_parent())
     stopping = asyncio.create_task(stop.wait())
@@ -255,4 +254,5 @@ def run(app: web.Application, port: int = 0) -> None:
         stream=sys.stderr,
     )
     redact_logs()  # log lines and tracebacks never carry the keys in WORKBENCH_SECRETS
+    _json_protocol_errors()
     asyncio.run(serve(app, HOST, port))

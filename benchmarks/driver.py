@@ -5,9 +5,10 @@ profile, one flow per user, `burst` by default: every user starts at t=0) and re
 flows phase only (from the first launch to the last outcome):
 
 - `wall_s`, `flows_per_min`, `success_rate`, flow duration p50/p95;
-- `driver_cpu_s_per_flow`: user+system CPU of the driver's own pid (psutil; every thread of it:
+- `driver_cpu_ms_per_flow`: user+system CPU of the driver's own pid (psutil; every thread of it:
   event loop, crypto pool, sampler), divided by the flows. The stack's servers and anvil are
-  separate processes and are not in it; nothing is subtracted. `threads` splits it by thread;
+  separate processes and are not in it (`stack_cpu_s` shows theirs beside); nothing is
+  subtracted. `threads_cpu_s` splits it by thread (the crypto pool also builds the user data);
 - `crypto_floor_ms`: what the flow's client-side crypto costs timed alone in the same process right
   after the run (`benchmarks/crypto.py`'s `crypto_floor` on the same data sizes), and `cpu_vs_floor`
   = driver CPU per flow / floor;
@@ -20,7 +21,10 @@ flows phase only (from the first launch to the last outcome):
   one run) and `rss_end_mb`.
 
     .venv/bin/python benchmarks/driver.py [--users 50 500] [--runs 3]
-        [--shape burst|staggered --ramp-s 2] [--data-size medium] [--repeats 20]
+        [--shape burst|staggered --ramp-s 2] [--data-size medium] [--repeats 20] [--keep]
+
+`BENCH_CPROFILE=out.prof` adds a cProfile (thread CPU clock) of the loop thread over the flows
+phase, for finding hot spots; never quote the figures of a profiled run.
 
 Prints one JSON document. Each run is its own process, so peak RSS is per run; with `--runs K`
 every figure is the median of K runs (the machine is shared: `system_cpu_busy_pct` and the loop
@@ -35,6 +39,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -169,7 +174,9 @@ def _loop_profiler():
     return profiler
 
 
-def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: int) -> dict:
+def measure_one(
+    users: int, shape: str, ramp_s: float, data_size: str, repeats: int, keep: bool = False
+) -> dict:
     """One run in this process; returns its figures."""
     import psutil
     from crypto import crypto_floor  # benchmarks/crypto.py
@@ -265,6 +272,8 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
     n = max(1, len(flows))
     cpu_per_flow_ms = b["cpu_s"] / n * 1e3
     lag = b["lag"]
+    if not keep:
+        shutil.rmtree(out_dir, ignore_errors=True)
     return {
         "users": users,
         "shape": shape if shape == "burst" else f"{shape} over {ramp_s:g} s",
@@ -297,7 +306,7 @@ def measure_one(users: int, shape: str, ramp_s: float, data_size: str, repeats: 
         "system_cpu_busy_pct": b["system_cpu_busy_pct"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_end_mb": round(b["rss_end_mb"], 1),
-        "results_dir": str(outcome.results_dir),
+        "results_dir": str(outcome.results_dir) if keep else None,
     }
 
 
@@ -332,6 +341,7 @@ def _child(args: argparse.Namespace, users: int, ramp_s: float) -> dict:
         args.data_size,
         "--repeats",
         str(args.repeats),
+        *(["--keep"] if args.keep else []),
     ]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = done.stdout.strip().splitlines()
@@ -348,11 +358,14 @@ def main() -> None:
     parser.add_argument("--ramp-s", type=float, default=0.0, help="for --shape staggered")
     parser.add_argument("--data-size", default="medium", help="small | medium | large | mixed")
     parser.add_argument("--repeats", type=int, default=20, help="repeats of each floor op")
+    parser.add_argument("--keep", action="store_true", help="keep each run's results dir")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     ramp_s = args.ramp_s if args.shape == "staggered" else 0.0
     if args.one:
-        figures = measure_one(args.users[0], args.shape, ramp_s, args.data_size, args.repeats)
+        figures = measure_one(
+            args.users[0], args.shape, ramp_s, args.data_size, args.repeats, args.keep
+        )
         print(json.dumps(figures))
         return
     report = {"profile": "fast", "cpus": os.cpu_count(), "runs_per_count": args.runs}

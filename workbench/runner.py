@@ -60,7 +60,9 @@ class Console:
         # The bar goes to stderr and the lines to stdout: a notebook then keeps a clean stream
         # of per-user lines and a single live bar; in a terminal tqdm.write interleaves them.
         if self.progress:
-            self.bar = tqdm(total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5)
+            self.bar = tqdm(
+                total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5
+            )
 
     def flow_done(self, event: dict[str, Any]) -> None:
         self.ok += bool(event["ok"])

@@ -34,7 +34,13 @@ from workbench import criteria as crit
 from workbench.errors import WorkbenchError
 from workbench.events import STEPS
 from workbench.profiles import PROJECT_ROOT
-from workbench.secrets import find_mnemonics, phrase_pattern
+from workbench.secrets import (
+    HEX64,
+    env_secrets,
+    find_mnemonics,
+    phrase_pattern,
+    secret_label,
+)
 
 OUTPUTS = ("summary.json", "criteria.csv", "report.html")
 FIGURE_CAPTIONS = {
@@ -55,43 +61,16 @@ CONFIG_HIDDEN = ("wallet_addresses", "profile_settings")  # long; summarised ins
 
 # --------------------------------------------------------------------------- secrets guard
 
-SECRET_ENV_SUFFIX = "_PRIVATE_KEY"
-SECRETS_ENV = "WORKBENCH_SECRETS"  # JSON the stack's child processes get their keys from
-_HEX64 = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _TAG = re.compile(r"<[^>]*>")
 _DATA_URI = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s]+")
-_SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "key")
-_PUBLIC_WORDS = ("public", "hash", "address", "topic", "_id", "id_")
 
 
 def known_secrets(config: Mapping[str, Any] | None = None) -> list[str]:
-    """Keys this machine knows: env vars `*_PRIVATE_KEY` and `WORKBENCH_*KEY*`, the JSON in
-    `WORKBENCH_SECRETS`, and the keys and mnemonic of the wallet file the run used (config's
-    `wallet_file`, else `$WORKBENCH_WALLET_FILE`) when it is readable here."""
-    found = [
-        value
-        for name, value in os.environ.items()
-        if name.endswith(SECRET_ENV_SUFFIX) or (name.startswith("WORKBENCH_") and "KEY" in name)
-    ]
-    if os.environ.get(SECRETS_ENV):
-        try:
-            found += list(_strings(json.loads(os.environ[SECRETS_ENV])))
-        except json.JSONDecodeError:
-            found.append(os.environ[SECRETS_ENV])
-    found += _wallet_secrets(config or {})
-    return [s for s in found if isinstance(s, str) and len(s.strip()) >= 16]
-
-
-def _strings(obj: Any) -> Iterable[str]:
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, Mapping):
-        for value in obj.values():
-            yield from _strings(value)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            yield from _strings(value)
+    """Keys this machine knows: the environment's (`workbench.secrets.env_secrets`) and the keys
+    and mnemonic of the wallet file the run used (config's `wallet_file`, else
+    `$WORKBENCH_WALLET_FILE`) when it is readable here."""
+    return env_secrets() + _wallet_secrets(config or {})
 
 
 def _wallet_secrets(config: Mapping[str, Any]) -> list[str]:
@@ -124,20 +103,20 @@ def find_secrets(text: str, secrets: Iterable[str] = ()) -> list[str]:
     known_hex: dict[str, int] = {}  # 32-byte keys: one pass over the text finds them all
     for i, secret in enumerate(secrets):
         needle = secret.strip().lower().removeprefix("0x")
-        if _HEX64.fullmatch(needle):
+        if HEX64.fullmatch(needle):
             known_hex[needle] = i
         elif len(needle) >= 16 and needle in lowered:
             hits.append(f"known secret #{i + 1} at offset {lowered.index(needle)}")
         elif len(needle.split()) > 1 and (words := phrase_pattern(needle).search(text)):
             hits.append(f"the words of known secret #{i + 1} at offset {words.start()}")
-    for match in _HEX64.finditer(lowered):
+    for match in HEX64.finditer(lowered):
         i = known_hex.get(match.group().removeprefix("0x"))
         if i is not None:
             hits.append(f"known secret #{i + 1} at offset {match.start()}")
     scannable = _DATA_URI.sub("data:image", text)  # our own PNGs: huge and never text
-    for match in _HEX64.finditer(scannable):
+    for match in HEX64.finditer(scannable):
         label = _label_before(scannable, match.start())
-        if label and _secret_label(label):
+        if label and secret_label(label):
             hits.append(f"a 32-byte hex value labelled {label!r}")
     hits += [f"a {len(m.split())}-word BIP-39 mnemonic" for m in find_mnemonics(scannable)]
     return hits
@@ -147,11 +126,6 @@ def _label_before(text: str, pos: int) -> str | None:
     window = _TAG.sub(" ", text[max(0, pos - 300) : pos])[-80:]
     labels = _LABEL.findall(window)
     return labels[-1] if labels else None
-
-
-def _secret_label(label: str) -> bool:
-    low = label.lower()
-    return any(w in low for w in _SECRET_WORDS) and not any(w in low for w in _PUBLIC_WORDS)
 
 
 def refuse_secrets(paths: Iterable[str | Path], secrets: Iterable[str] = ()) -> None:

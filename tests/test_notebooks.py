@@ -91,3 +91,22 @@ def test_a_bad_parameter_fails_before_anything_starts(tmp_path):
             run_id="nb-bad",
         )
     assert not (tmp_path / "nb-bad").exists()
+
+
+def test_rampup_notebook_renders_its_capacity_curve(tmp_path):
+    # papermill -p passes text: the notebook must take "2,4" as well as a list
+    nb = _execute(
+        tmp_path,
+        "rampup.ipynb",
+        profile="fast",
+        steps="[2, 4]",
+        step_hold_s=3,
+        ramp_s=1,
+        output_dir=str(tmp_path),
+        run_id="nb-ramp",
+    )
+    results = tmp_path / "nb-ramp"
+    summary = json.loads((results / "summary.json").read_text())
+    assert [row["users"] for row in summary["capacity"]] == [2, 4]
+    assert (results / "figures" / "capacity_curve.png").stat().st_size > 0
+    assert "image/png" in _outputs_text(nb)

@@ -309,9 +309,17 @@ def _text(limit: int) -> Callable[[Any], str]:
     return check
 
 
+def parse_steps(value: Any) -> tuple[int, ...]:
+    """The steps shape's user levels from a list or text (`10,20,30`, `[10, 20, 30]`)."""
+    try:
+        return _steps(value)
+    except _Bad as bad:
+        raise _error("steps", bad, value, _NOTEBOOK) from None
+
+
 def _steps(value: Any) -> tuple[int, ...]:
-    """User levels, strictly rising; also `10,20,30` as text (papermill -p, the CLI)."""
-    items = value.split(",") if isinstance(value, str) else value
+    """User levels, strictly rising; also `10,20,30` or `[10, 20]` as text (papermill -p, CLI)."""
+    items = value.strip().strip("[]").split(",") if isinstance(value, str) else value
     problem = f"must be rising user counts from 1 to {MAX_USERS}, like 10,20,30, got {value!r}"
     if not isinstance(items, list | tuple) or not items:
         raise _Bad(problem)

@@ -49,7 +49,8 @@ def enforce_verdict(summary: dict[str, Any], fail_on_criteria: bool) -> None:
 
 def show_capacity(results_dir: str | Path) -> Any:
     """Plots throughput and p95 against users with the knee marked; returns the curve."""
-    from IPython.display import display
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
 
     from workbench import analysis, plots
 
@@ -57,8 +58,11 @@ def show_capacity(results_dir: str | Path) -> Any:
     curve = analysis.capacity_curve(results)
     display(curve)
     fig = plots.capacity_curve(curve, analysis.knee(curve))
-    fig.savefig(Path(results_dir) / "figures" / "capacity_curve.png", dpi=110)
-    display(fig)
+    png = Path(results_dir) / "figures" / "capacity_curve.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    display(Image(filename=str(png)))  # a PNG in the notebook, whatever the matplotlib backend
     return curve
 
 

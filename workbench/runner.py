@@ -54,7 +54,7 @@ class Console:
         self.ok = 0
 
     def say(self, line: str) -> None:
-        (self.bar.write if self.bar else print)(line, file=self.out)
+        (self.bar.write if self.bar is not None else print)(line, file=self.out)
 
     def start_bar(self, total: int | None) -> None:
         # The bar goes to stderr and the lines to stdout: a notebook then keeps a clean stream
@@ -66,7 +66,7 @@ class Console:
 
     def flow_done(self, event: dict[str, Any]) -> None:
         self.ok += bool(event["ok"])
-        if self.bar:
+        if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(ok=self.ok, refresh=False)
         if event["ok"] and self.users > PER_USER_LINES_MAX:
@@ -74,7 +74,7 @@ class Console:
         self.say(user_line(event))
 
     def close(self) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
             self.bar = None
 

@@ -398,7 +398,13 @@ async def run(
 def run_command(args: Any) -> int:
     """`python -m workbench run …`."""
     config = RunConfig.from_cli(args, params_file=args.params)
-    outcome = asyncio.run(run(config, report=not args.no_report))
+    try:
+        outcome = asyncio.run(run(config, report=not args.no_report))
+    except KeyboardInterrupt:
+        results = config.results_dir()
+        print(f"\n⏹  Interrupted: in-flight flows recorded as cancelled in {results}")
+        print(f"   Render the partial results: python -m workbench report {results}")
+        return 130
     print(f"📁 Results: {outcome.results_dir}")
     if not args.no_report:
         summary = json.loads((outcome.results_dir / "summary.json").read_text())

@@ -156,3 +156,29 @@ def test_sweep_returns_test_funds_to_the_funder(local_stack, tmp_path, monkeypat
     assert all(b < 10**14 for b in asyncio.run(balance_of(rpc, ws.addresses)))  # dust at most
     [end] = asyncio.run(balance_of(rpc, [funder]))
     assert 0 <= start - end < 10**15  # the funder lost only gas: 0.15 ETH came back
+
+
+def test_sigterm_mid_run_records_every_started_flow_and_stops_the_stack(tmp_path):
+    """SIGTERM (and Ctrl-C) end a run gracefully: each started flow gets an outcome."""
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "WORKBENCH_WALLET_FILE": str(tmp_path / "wallets.json")}
+    cmd = [sys.executable, "-m", "workbench", "run", "--users", "20", "--profile", "fast"]
+    cmd += ["--shape", "staggered", "--ramp-s", "6", "--output-dir", str(out_dir), "--no-report"]
+    with open(tmp_path / "driver.log", "wb") as log:
+        driver = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: len(list(out_dir.glob("*/events.jsonl"))) == 1, 60, "results", driver)
+        [events] = list(out_dir.glob("*/events.jsonl"))
+        wait_for(lambda: flow_count(events) >= FLOWS_BEFORE_KILL, 60, "flows", driver)
+        stack = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(30) == 130
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    parsed = [json.loads(line) for line in lines(events)]
+    started = {e["flow_id"] for e in parsed if e["kind"] == "step"}
+    outcomes = [e["flow_id"] for e in parsed if e["kind"] == "flow"]
+    assert sorted(outcomes) == sorted(set(outcomes)) and started <= set(outcomes)
+    assert parsed[-1]["kind"] == "run" and parsed[-1]["reason"] == "interrupted"
+    assert gone(stack)

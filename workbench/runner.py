@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -395,12 +396,22 @@ async def run(
     return outcome
 
 
+async def _until_signalled(work: Any) -> Any:
+    """Awaits `work`; SIGTERM cancels it like Ctrl-C, so the run still records its end."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def run_command(args: Any) -> int:
     """`python -m workbench run …`."""
     config = RunConfig.from_cli(args, params_file=args.params)
     try:
-        outcome = asyncio.run(run(config, report=not args.no_report))
-    except KeyboardInterrupt:
+        outcome = asyncio.run(_until_signalled(run(config, report=not args.no_report)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         results = config.results_dir()
         print(f"\n⏹  Interrupted: in-flight flows recorded as cancelled in {results}")
         print(f"   Render the partial results: python -m workbench report {results}")

@@ -263,3 +263,15 @@ def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_pat
         asyncio.run(Runner(config, progress=False, out=console).execute())
     assert err.value.field == "wallets" and "wallets --fund" in err.value.fix
     assert "✅ Target local-as-remote ready" in console.getvalue()
+
+
+def test_a_run_with_a_bad_target_file_fails_before_anything_starts(tmp_path):
+    from workbench.config import RunConfig
+    from workbench.runner import Runner
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("name: broken\nchain_id: 5\n")
+    config = RunConfig.from_params(users=1, target=str(bad), output_dir=str(tmp_path / "out"))
+    with pytest.raises(WorkbenchError, match="rpc_urls"):
+        Runner(config)
+    assert not (tmp_path / "out").exists()

@@ -112,6 +112,10 @@ class Runner:
         self.next_flow_id = 0
         self.outcome = RunOutcome(self.dir)
         self.faults = load_faults(config.faults)  # a bad plan fails before anything starts
+        if target is None and config.target != "local":
+            from workbench.target import load_target
+
+            load_target(config.target)  # so does a bad target file (preflight comes later)
         if self.faults is not None and (target is not None or config.target != "local"):
             raise WorkbenchError(
                 "faults", "faults need the local stack", "use target local, or faults none"

@@ -104,3 +104,13 @@ def test_cleanup_of_an_unreachable_remote_storage_is_an_error(tmp_path):
 def test_cleanup_needs_a_results_dir(tmp_path):
     with pytest.raises(WorkbenchError, match="results_dir"):
         asyncio.run(cleanup(tmp_path))
+
+
+def test_uploads_of_a_flow_cut_short_still_count():
+    from workbench.cleanup import stored_objects
+
+    events = [  # a killed flow: its upload step happened, its outcome never came
+        {"kind": "step", "step": "upload_file", "stored": [{"cid": "bafyA", "bytes": 10}]},
+        {"kind": "flow", "stored": [{"cid": "bafyB", "bytes": 20}, {"cid": "bafyA", "bytes": 10}]},
+    ]
+    assert stored_objects(events) == {"bafyA": 10, "bafyB": 20}

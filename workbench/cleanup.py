@@ -1,12 +1,10 @@
 """Storage hygiene: remove what a run uploaded from the storage that holds it.
 
-Every flow event lists the objects its flow stored (`"stored": [{"cid", "bytes"}]`); the run's
-`config.json` says where (`endpoints.storage_url`). `python -m workbench cleanup DIR` unpins
-each object (Kubo RPC `POST /api/v0/pin/rm?arg=CID`; the embedded storage deletes at once) and
-is idempotent: an object already gone counts as such, not as an error.
-
-Objects of flows that were still running when a driver was killed have no flow event yet, so
-they are not listed; the embedded stack's storage directory goes with the results dir anyway.
+Every upload step event, and every flow event, lists the objects it stored
+(`"stored": [{"cid", "bytes"}]`), so the uploads of a flow cut short by a crash count too; the
+run's `config.json` says where (`endpoints.storage_url`). `python -m workbench cleanup DIR`
+unpins each object (Kubo RPC `POST /api/v0/pin/rm?arg=CID`; the embedded storage deletes at
+once) and is idempotent: an object already gone counts as such, not as an error.
 """
 
 from __future__ import annotations
@@ -70,8 +68,9 @@ async def cleanup(results_dir: str | Path, timeout_s: float = TIMEOUT_S) -> Clea
         raise WorkbenchError(
             "config.json", f"{results_dir} records no endpoints.storage_url", "nothing to clean"
         )
+    # Upload steps record their objects as they happen, so a flow cut short by a crash counts.
     objects = stored_objects(
-        e for e in iter_events(results_dir / "events.jsonl") if e.get("kind") == "flow"
+        e for e in iter_events(results_dir / "events.jsonl") if e.get("kind") in ("flow", "step")
     )
     result = CleanupResult(url)
     if not objects:

@@ -150,6 +150,7 @@ class FlowRecord:
     ids: dict[str, Any] = field(default_factory=dict)
     current: str | None = None
     deadline_ns: int = 0
+    step_extra: dict[str, Any] = field(default_factory=dict)  # facts for the current step event
     result: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -173,6 +174,7 @@ class FlowRun:
     async def step(self, name: str):
         """Times one step and emits its event; failures become FlowError with a class."""
         self.rec.current = name
+        self.rec.step_extra = {}
         attempts = [1]
         t0, start_ns, error, error_class = self.ctx.clock.now(), time.perf_counter_ns(), None, None
         try:
@@ -210,6 +212,7 @@ class FlowRun:
                     "attempts": attempts[0],
                     "wall": time.time(),
                     **{k: v for k, v in self.rec.ids.items() if v is not None},
+                    **self.rec.step_extra,
                 }
             )
 
@@ -300,7 +303,9 @@ class FlowRun:
         except TimeoutError as e:  # requests' own deadline (the flow's arrives as a cancel)
             limit = self.ctx.settings.http_timeout_s
             raise FlowError("storage", f"storage did not answer within {limit:g} s") from e
-        self.rec.extra.setdefault("stored", []).append({"cid": answer["Hash"], "bytes": len(blob)})
+        stored = {"cid": answer["Hash"], "bytes": len(blob)}
+        self.rec.extra.setdefault("stored", []).append(stored)
+        self.rec.step_extra["stored"] = [stored]  # in the step event too: a killed flow's count
         return f"ipfs://{answer['Hash']}"
 
     async def reconnecting(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:

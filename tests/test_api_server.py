@@ -289,10 +289,11 @@ async def test_trusted_server_errors(local_stack, http):
     assert_error(status, answer, 400)
     status, answer = await post(http, f"{api}/api/trusted-server", {"permissionId": "five"})
     assert_error(status, answer, 400)
-    # The personal server knows no permission 10**9: a downstream refusal, told apart as 502.
+    # The personal server knows no permission 10**9: its refusal passes through as 404, so a
+    # client does not retry a permanent answer.
     status, answer = await post(http, f"{api}/api/trusted-server", {"permissionId": 10**9})
-    assert_error(status, answer, 502)
-    assert "personal server" in answer["error"]
+    assert_error(status, answer, 404)
+    assert "personal server answered 404" in answer["error"]
 
 
 async def test_identity_is_proxied(local_stack, http):

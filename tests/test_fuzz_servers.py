@@ -349,9 +349,8 @@ def test_trusted_server_submit_refuses_bad_bodies(local_stack, known, data):
     status, answer = post_json(local_stack.endpoints.api_url, "/api/trusted-server", body)
     if status == 200:  # still names the known permission: the same operation, idempotently
         assert answer["data"]["id"] == known["operation_id"], (body, answer)
-    elif status == 502:
-        # A well-formed id of no permission: the personal server refuses it, and the API server
-        # passes a refusal on as 502 by design (docs/ARCHITECTURE.md, tests/test_api_server.py).
+    elif status == 404:
+        # A well-formed id of no permission: the personal server's refusal passes through.
         assert body["permissionId"] in (UNUSED_ID, str(UNUSED_ID)), (body, answer)
         assert "personal server answered 404" in answer["error"], answer
     else:

@@ -17,6 +17,7 @@ Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
                                        -> {"success": true, "data": {"status", "result"}}
 Status codes: 400 malformed body or foreign domain; 403 signature not from expectedUserAddress;
 409 replayed/pending nonce; 422 the contract would revert otherwise; 404 unknown operation;
+the personal server's own refusals (400/403/404/409/422) and a full queue (503) pass through;
 502 the personal server or the RPC failed (504 when it timed out): a downstream fault, not ours.
 """
 
@@ -209,9 +210,16 @@ def _address(value: str, name: str) -> str:
     return to_checksum_address(value)
 
 
+# The personal server's refusals of the request itself pass through with their status, so a
+# client does not retry a permanent answer (unknown permission, not the grantee); a full queue
+# stays 503, worth retrying; any other failure downstream is a 502.
+PASSED_THROUGH = frozenset({400, 403, 404, 409, 422, 503})
+
+
 def _downstream(status: int, body: dict) -> ApiError:
     detail = body.get("error") or "unexpected answer"
-    return ApiError(502, f"personal server answered {status}: {str(detail)[:300]}")
+    passed = status if status in PASSED_THROUGH else 502
+    return ApiError(passed, f"personal server answered {status}: {str(detail)[:300]}")
 
 
 def _secrets(values: dict[str, Any]) -> tuple[str, list[str]]:

@@ -464,3 +464,39 @@ async def test_a_stale_nonce_is_resynced_and_retried_on_another_account(private_
     finally:
         await relayer.close()
         await chain.close_web3(w3)
+
+
+async def test_a_replacement_lost_in_transport_is_not_counted_as_sent():
+    # The tx being replaced keeps the pending count past its nonce whether or not the replacement
+    # reached the node, so that count must not vouch for a replacement (a phantom hash otherwise).
+    from web3 import AsyncWeb3
+
+    from workbench.stack.relayer import PendingTx
+
+    class Eth:
+        async def send_raw_transaction(self, raw):
+            raise aiohttp.ClientConnectionError("connection dropped")
+
+        async def get_transaction_count(self, address, block):
+            return 8  # nonce 7 is pending: the original
+
+    fake = type("W3", (), {"eth": Eth()})()
+    relayer = Relayer(AsyncWeb3(), "0x" + "11" * 20, [anvil.dev_key(3)])
+    relayer.w3 = fake
+    acct = relayer.accounts[0]
+    acct.nonces.w3 = fake
+    tx = {
+        "to": "0x" + "11" * 20,
+        "data": "0x",
+        "value": 0,
+        "gas": 100_000,
+        "chainId": anvil.CHAIN_ID,
+        "maxFeePerGas": 2 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": 7,
+    }
+    acct.pending[7] = PendingTx(7, tx, ["0xaa"], ("0xuser", 0))
+    with pytest.raises(RelayError) as caught:
+        await relayer.replace("0xaa")
+    assert caught.value.status == 504
+    assert acct.pending[7].hashes == ["0xaa"] and acct.pending[7].tx == tx

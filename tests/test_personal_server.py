@@ -283,3 +283,63 @@ async def test_full_queue_answers_503_and_stop_cancels(stack, w3, tmp_path):
             assert (metrics["queue_depth"], metrics["in_flight"], metrics["submitted"]) == (1, 1, 2)
     finally:
         assert stop_component(proc) == 0  # exits cleanly with work in flight
+
+
+# --- in-process units (no processes started) ----------------------------------------------------
+
+
+def _bare_server(**config):
+    from workbench.stack.personal_server import PersonalServer
+
+    return PersonalServer({"rpc_url": "http://127.0.0.1:9", "storage_url": "x", **config}, SEED)
+
+
+def test_finished_operations_are_retired_beyond_keep_finished():
+    # A long run must not keep every operation (and its result) in memory until the server stops.
+    from workbench.stack.personal_server import Operation
+
+    server = _bare_server(keep_finished=3)
+    ops = [Operation(f"op{i}", i + 1, "0xg", "p", {}, [b"x"]) for i in range(5)]
+    for op in ops:
+        server.ops[op.id], server.by_permission[op.permission_id] = op, op
+        server._finish(op, "succeeded", result={"ok": True})
+    assert list(server.ops) == ["op2", "op3", "op4"]
+    assert sorted(server.by_permission) == [3, 4, 5]
+    assert server.done == 5  # the gauges still count every operation
+    # A retired failed operation leaves the permission's newer operation in place.
+    retry = Operation("op5", 3, "0xg", "p", {}, None)
+    server.ops[retry.id], server.by_permission[3] = retry, retry
+    for i in range(6, 9):
+        extra = Operation(f"op{i}", 100 + i, "0xg", "p", {}, None)
+        server.ops[extra.id] = extra
+        server._finish(extra, "failed", error="x")
+    assert server.by_permission[3] is retry and "op5" in server.ops
+
+
+async def test_revocation_check_rpc_failure_is_502_not_500():
+    # `permissions()` answered, then the block number read failed: a downstream fault (502).
+    from workbench.stack.personal_server import ApiError
+
+    server = _bare_server()
+
+    class Read:
+        def __init__(self, value):
+            self.value = value
+
+        async def call(self):
+            return self.value
+
+    class Functions:
+        def permissions(self, pid):
+            return Read((pid, "0xuser", 0, 1, "ipfs://g", 1, 5, [1]))
+
+    class Eth:
+        @property
+        async def block_number(self):
+            raise chain.RpcUnavailable("eth_blockNumber: 5 attempts failed")
+
+    server.permissions = type("C", (), {"functions": Functions()})()
+    server.w3 = type("W", (), {"eth": Eth()})()
+    with pytest.raises(ApiError) as caught:
+        await server._permission(7)
+    assert caught.value.status == 502 and "rpc failed" in caught.value.message

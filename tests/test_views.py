@@ -61,3 +61,26 @@ def test_unknown_function_is_refused(local_stack) -> None:
     )
     with pytest.raises(ValueError, match="noSuchFunction"):
         ViewFunction(c, "noSuchFunction")
+
+
+async def test_revert_answered_as_a_bare_string_is_a_contract_logic_error() -> None:
+    # Some nodes put a string, not an object, under "error"; that must not become AttributeError.
+    from web3.exceptions import ContractLogicError
+
+    from workbench.stack import compile as contracts
+
+    class Provider:
+        async def make_request(self, method, params):
+            return {"jsonrpc": "2.0", "id": 1, "error": "execution reverted"}
+
+    fake = type(
+        "Contract",
+        (),
+        {
+            "abi": contracts.abi("DataPortabilityPermissions"),
+            "w3": type("W3", (), {"provider": Provider()})(),
+            "address": "0x" + "11" * 20,
+        },
+    )()
+    with pytest.raises(ContractLogicError, match="execution reverted"):
+        await ViewFunction(fake, "userNonce")("0x" + "22" * 20)

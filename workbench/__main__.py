@@ -114,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("notebook", nargs="?", default="notebooks/run.ipynb")
     nb.add_argument("--users", type=int)
     nb.add_argument("--profile")
-    nb.add_argument("--output-dir", dest="output_dir", default="outputs")
+    nb.add_argument("--output-dir", dest="output_dir", help="default outputs (or -p output_dir)")
     nb.add_argument(
         "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
     )

@@ -26,7 +26,7 @@ def latency_shift(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> dict[st
         return {"n_a": len(a), "n_b": len(b), "ratio": None, "p_value": None, "verdict": "too few"}
     p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     ratio = float(np.median(b) / np.median(a)) if np.median(a) > 0 else None
-    if p >= alpha or ratio is None:
+    if p >= alpha or ratio is None or ratio == 1:
         verdict = "no significant change"
     else:
         verdict = "slower" if ratio > 1 else "faster"

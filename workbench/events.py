@@ -67,6 +67,10 @@ class Clock:
     def now(self) -> float:
         return (time.perf_counter_ns() - self.origin_ns) / 1e9
 
+    def restart(self) -> None:
+        """Moves t=0 to now: the runner calls it once setup is done, before anything is recorded."""
+        self.origin_ns = time.perf_counter_ns()
+
 
 class EventWriter:
     """Appends one JSON line per event and flushes it, so a killed run keeps what it wrote.

@@ -15,7 +15,7 @@ Every section is optional; keys left out of a section take the defaults below, s
 `describe()` always states the full values injected. Times are seconds after the run's start.
 Who acts on what: `rpc` the JSON-RPC proxy (`workbench.stack.rpc_proxy`); `storage` and
 `inference` the storage and personal servers (their config key `faults`); `restarts` and
-`chain_stall` the stack's fault schedule (`LocalStack.run_faults`).
+`chain_stall` the stack's fault schedule (`LocalStack.fault_schedule()`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from workbench.profiles import PROJECT_ROOT
 
 
 def setup_notebook() -> None:
-    """Inline figures; nest_asyncio so the library's sync wrappers work inside Jupyter's loop."""
+    """nest_asyncio, so the library's sync wrappers work inside Jupyter's running loop."""
     import nest_asyncio
 
     nest_asyncio.apply()

@@ -112,14 +112,14 @@ class Runner:
         self.next_flow_id = 0
         self.outcome = RunOutcome(self.dir)
         self.faults = load_faults(config.faults)  # a bad plan fails before anything starts
-        if target is None and config.target != "local":
-            from workbench.target import load_target
-
-            load_target(config.target)  # so does a bad target file (preflight comes later)
         if self.faults is not None and (target is not None or config.target != "local"):
             raise WorkbenchError(
                 "faults", "faults need the local stack", "use target local, or faults none"
             )
+        if target is None and config.target != "local":
+            from workbench.target import load_target
+
+            load_target(config.target)  # so does a bad target file (preflight comes later)
         self.local: Any = None  # the LocalStack this run started: fault actions act on it
         self.t_start = 0.0  # the run's start on the clock: shapes count from there
         self.sampler: Any = None
@@ -134,6 +134,9 @@ class Runner:
                 ws = await self._wallets(target)
                 self.writer.add_secrets([*ws.private_keys(), ws.mnemonic])
                 self._write_config(target, ws)
+                # t=0 once setup (stack start, funding) is done, just before the first sample:
+                # events, samples, throughput windows and the timeline all count from here.
+                self.clock.restart()
                 self.sampler = await stack.enter_async_context(self._sampler(target))
                 settings = FlowSettings.from_profile(
                     self.profile,
@@ -150,10 +153,13 @@ class Runner:
                         max_connections=self.cfg.max_connections,
                     )
                 )
-                self.t_start = self.clock.now()  # the clock runs since setup began
+                self.t_start = self.clock.now()  # shapes count from the run's start
                 self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
                 await self._start_faults(stack)
-                await self._drive(ctx, ws)
+                try:
+                    await self._drive(ctx, ws)
+                finally:  # on Ctrl-C or an error, flows end as cancelled while their clients
+                    await self._cancel_inflight()  # and the stack still run, not as failures
         except asyncio.CancelledError:
             reason = "interrupted"
             raise

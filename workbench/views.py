@@ -43,9 +43,10 @@ class ViewFunction:
         )
         error = response.get("error")
         if error is not None:
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            details = error if isinstance(error, dict) else {}  # some nodes answer a bare string
+            message = str(details.get("message", error))
             if "revert" in message.lower():
-                raise ContractLogicError(message, data=error.get("data"))
+                raise ContractLogicError(message, data=details.get("data"))
             raise Web3RPCError(f"{self.name}: {message}", rpc_response=response)
         raw = bytes.fromhex(str(response["result"]).removeprefix("0x"))
         values = decode(self.output_types, raw)

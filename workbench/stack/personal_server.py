@@ -8,7 +8,9 @@
              openai: {base_url, model, api_key_env, timeout_s}},
   faults {fail_rate, timeout_rate, max_queue} (optional): injected inference faults, one draw per
              operation (see inference.FaultyBackend); a non-zero max_queue overrides inference's,
-  decrypt_workers (threads, default 2), fetch_timeout_s (default 30), seed (latency RNG).
+  decrypt_workers (threads, default 2), fetch_timeout_s (default 30), seed (latency RNG),
+  keep_finished (default 10000): finished operations kept readable; older ones are forgotten
+             (their poll answers 404), so a long run does not hold every result ever made.
 Secrets (`WORKBENCH_SECRETS`): server_seed (hex). Each user gets their own server key,
 keccak256(seed || user address) as a secp256k1 scalar, so users cannot read each other's files.
 
@@ -35,6 +37,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -65,6 +68,7 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SERVER_KEY = web.AppKey("personal_server", object)
 OPERATION_KIND = "llm_inference"
 DEFAULT_INFERENCE_TIMEOUT_S = 120.0
+DEFAULT_KEEP_FINISHED = 10_000
 RESUBMITTABLE = frozenset({"failed", "canceled"})  # end states a new submit replaces
 CONTRACTS = ("DataPortabilityPermissions", "DataPortabilityGrantees", "DataRegistry")
 log = logging.getLogger("workbench.stack.personal_server")
@@ -170,6 +174,10 @@ class PersonalServer:
             raise WorkbenchError("inference.timeout_s", "must be > 0", "use seconds, e.g. 120")
         self.ops: dict[str, Operation] = {}
         self.by_permission: dict[int, Operation] = {}
+        self.keep_finished = int(config.get("keep_finished", DEFAULT_KEEP_FINISHED))
+        if self.keep_finished < 1:
+            raise WorkbenchError("keep_finished", "must be >= 1", "use e.g. 10000")
+        self.finished: deque[str] = deque()  # ids of finished operations, oldest first
         self.preparing: dict[int, asyncio.Future[Operation]] = {}
         self.grantee_addresses: dict[int, str] = {}  # grantees never change address: cache
         self.submitted = self.in_flight = self.done = self.failed = 0
@@ -297,7 +305,7 @@ class PersonalServer:
         perm_id, grantor, _nonce, grantee_id, grant, _start, end_block, file_ids = info
         if perm_id == 0:
             raise ApiError(404, f"no permission {permission_id}")
-        if end_block and end_block <= await self.w3.eth.block_number:
+        if end_block and end_block <= await self._block_number():
             raise ApiError(403, f"permission {permission_id} was revoked")
         return PermissionRecord(
             grantor, await self._grantee_address(grantee_id), grant, tuple(file_ids)
@@ -315,6 +323,12 @@ class PersonalServer:
             return await fn.call()
         except ContractLogicError as e:
             raise ApiError(404, f"chain refused the read: {e}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
+            raise ApiError(502, f"rpc failed: {type(e).__name__}: {e}") from None
+
+    async def _block_number(self) -> int:
+        try:
+            return await self.w3.eth.block_number
         except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
             raise ApiError(502, f"rpc failed: {type(e).__name__}: {e}") from None
 
@@ -442,6 +456,16 @@ class PersonalServer:
             self.done += 1
         elif status == "failed":
             self.failed += 1
+        self._retire(op)
+
+    def _retire(self, op: Operation) -> None:
+        """Keeps the newest `keep_finished` finished operations; forgets older ones (a long run
+        would otherwise hold every operation and result in memory until the server stops)."""
+        self.finished.append(op.id)
+        while len(self.finished) > self.keep_finished:
+            old = self.ops.pop(self.finished.popleft(), None)
+            if old is not None and self.by_permission.get(old.permission_id) is old:
+                del self.by_permission[old.permission_id]
 
 
 def _permission_id(request_json: str) -> int:

@@ -255,7 +255,8 @@ class Relayer:
         finally:
             acct.reserved -= 1
 
-    async def _send_raw(self, acct: RelayAccount, tx: dict[str, Any]) -> str:
+    async def _send_raw(self, acct: RelayAccount, tx: dict[str, Any], fresh: bool = True) -> str:
+        """Sends a signed tx; `fresh` says its nonce was new (not a replacement of a pending one)."""
         signed = acct.account.sign_transaction(tx)
         tx_hash = HexBytes(signed.hash).to_0x_hex()
         try:
@@ -272,7 +273,8 @@ class Relayer:
             raise RelayError(502, f"send refused by the node: {e}") from None
         except TRANSPORT_ERRORS as e:
             # The node may have taken it: its pending count tells (we hold the account's lock).
-            if await self._was_accepted(acct, tx["nonce"]):
+            # Not for a replacement: the tx it replaces already counts, taken or not.
+            if fresh and await self._was_accepted(acct, tx["nonce"]):
                 return tx_hash
             self.relay_errors += 1
             raise RelayError(504, f"send: RPC unreachable: {type(e).__name__}: {e}") from None
@@ -303,7 +305,7 @@ class Relayer:
         for name in ("maxFeePerGas", "maxPriorityFeePerGas"):
             tx[name] = int(tx[name] * factor) + 1
         async with acct.lock:
-            new_hash = await self._send_raw(acct, tx)
+            new_hash = await self._send_raw(acct, tx, fresh=False)
         pending.tx = tx
         pending.hashes.append(new_hash)
         pending.sent_at = time.monotonic()

@@ -98,3 +98,34 @@ def test_notebook_command_keeps_an_output_dir_given_with_p(tmp_path, monkeypatch
     assert notebook_command(args) == 0
     assert calls[0]["parameters"]["output_dir"] == str(out)
     assert Path(calls[0]["dst"]).parent.parent == out
+
+
+async def test_a_driver_bug_in_a_user_task_ends_the_run_as_an_error(tmp_path, monkeypatch):
+    """run_flow records every flow failure as an outcome; an exception escaping a user task is
+    a driver bug and must end the run as an error, not as "completed" with flows missing."""
+
+    @contextlib.asynccontextmanager
+    async def fake_flow_context(*args, **kwargs):
+        async def cpu(fn, *a, **k):
+            return b"data"
+
+        yield SimpleNamespace(cpu=cpu)
+
+    async def buggy_run_flow(ctx, wallet, data, **kwargs):
+        raise KeyError("a bug, not a flow failure")
+
+    async def fake_wallets(self, target):
+        return FakeWallets(self.cfg.users)
+
+    monkeypatch.setattr(runner, "flow_context", fake_flow_context)
+    monkeypatch.setattr(runner, "run_flow", buggy_run_flow)
+    monkeypatch.setattr(runner.Runner, "_wallets", fake_wallets)
+    monkeypatch.setattr(runner.Runner, "_write_config", lambda self, target, ws: None)
+    monkeypatch.setattr(runner.Runner, "_sampler", lambda self, target: contextlib.nullcontext())
+    target = SimpleNamespace(kind="local", endpoints=None, pids={})
+    config = RunConfig(users=2, profile="fast", shape="burst", output_dir=str(tmp_path))
+    run = runner.Runner(config, target, progress=False, out=io.StringIO())  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        await run.execute()
+    end = [e for e in read_events(run.dir / "events.jsonl") if e["kind"] == "run"][-1]
+    assert end["reason"] == "error: KeyError"

@@ -269,7 +269,12 @@ class Runner:
                 await asyncio.sleep(delay)
             self._spawn(self._user(ctx, ws, launch))
         while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            # run_flow records every failure as an outcome; anything else is a driver bug, and
+            # the run must end as an error rather than "completed" with flows missing.
+            bugs = [e for e in done if isinstance(e, Exception)]
+            if bugs:
+                raise bugs[0]
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

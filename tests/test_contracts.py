@@ -12,6 +12,7 @@ from eth_utils import abi_to_signature, event_abi_to_log_topic, function_abi_to_
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
+from workbench import permission
 from workbench.chain import (
     NonceManager,
     contract,
@@ -160,21 +161,6 @@ def _sign(key: str, message: dict[str, Any], verifying_contract: str) -> bytes:
     return Account.sign_message(encode_typed_data(full_message=typed), key).signature
 
 
-def _input(m: dict[str, Any]) -> tuple:
-    perms = [[(p["account"], p["key"]) for p in file] for file in m["filePermissions"]]
-    return (
-        m["nonce"],
-        m["granteeId"],
-        m["grant"],
-        m["fileUrls"],
-        m["schemaIds"],
-        m["serverAddress"],
-        m["serverUrl"],
-        m["serverPublicKey"],
-        perms,
-    )
-
-
 class Chain:
     """The deployed contracts plus a relayer, as the app's API server would hold them."""
 
@@ -189,7 +175,9 @@ class Chain:
         self.nonces = NonceManager(w3, dev_address(RELAYER))
 
     def call(self, message: dict[str, Any], signature: bytes):
-        return self.permissions.functions.addServerFilesAndPermissions(_input(message), signature)
+        typed = permission.typed_data(CHAIN_ID, self.permissions.address, message)
+        struct = permission.contract_input(typed)
+        return self.permissions.functions.addServerFilesAndPermissions(struct, signature)
 
     async def relay(self, message: dict[str, Any], signature: bytes) -> dict[str, Any]:
         tx = await self.call(message, signature).build_transaction(

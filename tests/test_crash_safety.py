@@ -58,7 +58,9 @@ def gone(pids: list[int]) -> bool:
     return True
 
 
-def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_path):
+def start_mid_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int], dict[str, str]]:
+    """A driver running 20 staggered users, once a few flows have ended: the process, its
+    events file, the pids of its stack and its environment."""
     out_dir = tmp_path / "out"
     env = {**os.environ, "WORKBENCH_WALLET_FILE": str(tmp_path / "wallets.json")}
     cmd = [sys.executable, "-m", "workbench", "run", "--users", "20", "--profile", "fast"]
@@ -72,6 +74,15 @@ def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_
         [events] = list(out_dir.glob("*/events.jsonl"))
         wait_for(lambda: flow_count(events) >= FLOWS_BEFORE_KILL, 60, "flows", driver)
         stack = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+    except BaseException:
+        driver.kill()
+        raise
+    return driver, events, stack, env
+
+
+def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_path):
+    driver, events, stack, env = start_mid_run(tmp_path)
+    try:
         seen = len(lines(events))
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
@@ -160,17 +171,8 @@ def test_sweep_returns_test_funds_to_the_funder(local_stack, tmp_path, monkeypat
 
 def test_sigterm_mid_run_records_every_started_flow_and_stops_the_stack(tmp_path):
     """SIGTERM (and Ctrl-C) end a run gracefully: each started flow gets an outcome."""
-    out_dir = tmp_path / "out"
-    env = {**os.environ, "WORKBENCH_WALLET_FILE": str(tmp_path / "wallets.json")}
-    cmd = [sys.executable, "-m", "workbench", "run", "--users", "20", "--profile", "fast"]
-    cmd += ["--shape", "staggered", "--ramp-s", "6", "--output-dir", str(out_dir), "--no-report"]
-    with open(tmp_path / "driver.log", "wb") as log:
-        driver = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+    driver, events, stack, _ = start_mid_run(tmp_path)
     try:
-        wait_for(lambda: len(list(out_dir.glob("*/events.jsonl"))) == 1, 60, "results", driver)
-        [events] = list(out_dir.glob("*/events.jsonl"))
-        wait_for(lambda: flow_count(events) >= FLOWS_BEFORE_KILL, 60, "flows", driver)
-        stack = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
         driver.send_signal(signal.SIGTERM)
         assert driver.wait(30) == 130
     finally:

@@ -118,3 +118,17 @@ def test_cli_generate_then_check_prints_the_milestone_lines(anvil, tmp_path, cap
 def test_cli_without_rpc_url_names_the_flag(tmp_path, capsys):
     assert main(["wallets", "--check", "--wallet-file", str(tmp_path / "w.json")]) == 2
     assert "--rpc-url" in capsys.readouterr().err
+
+
+async def test_cli_funder_defaults_to_anvil_dev_key_only_on_a_local_chain(w3, monkeypatch):
+    from workbench import wallets_cli
+
+    monkeypatch.delenv(wallets.FUNDER_KEY_ENV, raising=False)
+    assert await wallets_cli._funder(w3) == dev_key(0)  # the anvil fixture: chain id 31337
+
+    async def other_chain(_w3):
+        return 14800
+
+    monkeypatch.setattr("workbench.chain.chain_id", other_chain)
+    with pytest.raises(WorkbenchError, match=wallets.FUNDER_KEY_ENV):
+        await wallets_cli._funder(w3)

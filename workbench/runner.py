@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import platform
-import random
 import signal
 import sys
 import time
@@ -105,7 +104,6 @@ class Runner:
         self.dir = config.results_dir()
         self.console = Console(out or sys.stdout, config.users, progress)
         self.clock = Clock()
-        self.rng = random.Random(config.seed)
         self.writer: EventWriter | None = None
         self.tasks: set[asyncio.Task] = set()
         self.free: asyncio.Queue[Wallet] = asyncio.Queue()
@@ -315,7 +313,7 @@ class Runner:
     async def _one_flow(self, ctx: FlowContext, wallet: Wallet, launch: Any) -> None:
         flow_id = self.next_flow_id
         self.next_flow_id += 1
-        size = shapes.data_size_for(self.cfg.data_size, flow_id, self.rng)
+        size = shapes.data_size_for(self.cfg.data_size, flow_id)
         extra = self._stage(launch)
         # Built in the flow pool, not on the loop: ~0.25 ms of Python for 10 KB, ~1.7 ms for
         # 100 KB, which a burst would otherwise run for every user in one loop iteration

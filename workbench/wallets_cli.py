@@ -37,8 +37,9 @@ async def _on_chain(args: Namespace) -> int:
     target_wei = int(args.amount_eth * 10**18)
     w3 = make_web3(args.rpc_url)
     try:
+        funder = await _funder(w3) if (args.fund or args.sweep) else None
         if args.fund:
-            done = await wallets.fund(w3, wallets.funder_key(), ws.addresses, target_wei)
+            done = await wallets.fund(w3, funder, ws.addresses, target_wei)
             print(f"💸 funded {done['funded']} wallets, {done['already']} already had enough")
         if args.check:
             print(f"✅ {len(ws.wallets)} test wallets loaded and validated")
@@ -50,9 +51,18 @@ async def _on_chain(args: Namespace) -> int:
                 return 1
             print("✅ All wallets have sufficient funding")
         if args.sweep:
-            to = Account.from_key(wallets.funder_key()).address
+            to = Account.from_key(funder).address
             done = await wallets.sweep(w3, ws.wallets, to)
             print(f"🧹 swept {done['swept']} wallets, {done['wei'] / 1e18:.6f} ETH back to {to}")
     finally:
         await close_web3(w3)
     return 0
+
+
+async def _funder(w3) -> str:
+    """The environment's funder key; on a local anvil chain, anvil's public dev account 0."""
+    from workbench.chain import chain_id
+    from workbench.stack.anvil import CHAIN_ID, dev_key
+
+    local = dev_key(0) if await chain_id(w3) == CHAIN_ID else None
+    return wallets.funder_key(local)

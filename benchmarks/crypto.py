@@ -30,7 +30,10 @@ if __package__ in (None, ""):  # run as a script: import the project without an 
 import pysequoia  # noqa: E402
 from eth_account import Account  # noqa: E402
 
-from workbench import crypto, permission  # noqa: E402
+from workbench.vana import (
+    crypto,
+    permission,  # noqa: E402
+)
 
 USER_KEY = "0x" + hashlib.sha256(b"benchmark user").hexdigest()
 SERVER_KEY = "0x" + hashlib.sha256(b"benchmark server").hexdigest()

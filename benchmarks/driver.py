@@ -181,10 +181,10 @@ def measure_one(
     import psutil
     from crypto import crypto_floor  # benchmarks/crypto.py
 
-    from workbench.config import RunConfig
+    from workbench.driver.config import RunConfig
+    from workbench.driver.runner import Runner
+    from workbench.driver.shapes import make_user_data
     from workbench.events import read_events
-    from workbench.runner import Runner
-    from workbench.shapes import make_user_data
 
     class MeasuredRunner(Runner):
         """The real Runner; only brackets its flows phase with measurements."""

@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # run as a script: import the project without an 
 
 from eth_account import Account  # noqa: E402
 
+from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow  # noqa: E402
+from workbench.driver.shapes import make_user_data  # noqa: E402
 from workbench.events import STEPS  # noqa: E402
-from workbench.flow import FlowSettings, Wallet, flow_context, run_flow  # noqa: E402
-from workbench.shapes import make_user_data  # noqa: E402
 from workbench.stack.local import LocalStack  # noqa: E402
 
 

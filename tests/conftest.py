@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from web3 import AsyncWeb3
 
-from workbench.chain import close_web3, make_web3
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 from workbench.stack.anvil import dev_address, dev_key, start_anvil, wait_ready
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
+from workbench.vana.chain import close_web3, make_web3
 
 REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
 APP_PUBLIC_KEY = "04" + "11" * 64  # grantee 1's key; the contracts only store it

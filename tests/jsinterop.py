@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 JS_DIR = PROJECT_ROOT / "tests" / "js"
 

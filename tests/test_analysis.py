@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import stats as scipy_stats
 from synthetic import write_results_dir
 
-from workbench import analysis as an
+from workbench.analysis import results, stats, summary
 from workbench.errors import WorkbenchError
 
 
@@ -23,7 +23,7 @@ def _flows(rows: list[tuple[float, float, str]], **extra) -> pd.DataFrame:
          "status": s, **{k: v[i] for k, v in extra.items()}}
         for i, (t, d, s) in enumerate(rows)
     ]  # fmt: skip
-    return an.flows_frame(events)
+    return results.flows_frame(events)
 
 
 def _steps(rows: list[tuple[int, str, bool, str | None]]) -> pd.DataFrame:
@@ -33,7 +33,7 @@ def _steps(rows: list[tuple[int, str, bool, str | None]]) -> pd.DataFrame:
          "error_class": ec}
         for f, s, ok, ec in rows
     ]  # fmt: skip
-    return an.steps_frame(events)
+    return results.steps_frame(events)
 
 
 def _samples(rows: list[tuple[float, str, object, str, float]]) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def _samples(rows: list[tuple[float, str, object, str, float]]) -> pd.DataFrame:
 
 def test_percentiles_on_a_known_grid_match_numpy_linear_exactly():
     x = np.arange(1, 101, dtype=float)  # 1..100 s
-    s = an.latency_stats(x)
+    s = stats.latency_stats(x)
     assert s["n"] == 100
     assert s["mean"] == 50.5
     assert s["p50"] == 50.5
@@ -62,7 +62,7 @@ def test_percentiles_on_a_known_grid_match_numpy_linear_exactly():
 def test_bootstrap_cis_contain_the_true_values_of_a_large_sample():
     # Uniform(0, 100): true mean 50, p50 50, p95 95, p99 99.
     x = np.random.default_rng(7).uniform(0, 100, 4000)
-    s = an.latency_stats(x, confidence=0.99)
+    s = stats.latency_stats(x, confidence=0.99)
     for name, true in {"mean": 50, "p50": 50, "p95": 95, "p99": 99}.items():
         lo, hi = s[f"{name}_ci"]
         assert lo < true < hi, name
@@ -71,12 +71,12 @@ def test_bootstrap_cis_contain_the_true_values_of_a_large_sample():
 
 def test_cis_are_reproducible_for_a_seed():
     x = np.random.default_rng(1).exponential(30, 200)
-    assert an.latency_stats(x, seed=3) == an.latency_stats(x, seed=3)
+    assert stats.latency_stats(x, seed=3) == stats.latency_stats(x, seed=3)
 
 
 @pytest.mark.parametrize("x", [[], [42.0], [5.0] * 30, [np.nan, 3.0]])
 def test_degenerate_samples_give_no_ci_and_no_crash(x):
-    s = an.latency_stats(x)
+    s = stats.latency_stats(x)
     assert s["n"] == sum(np.isfinite(x))
     assert all(s[f"{k}_ci"] is None for k in ("mean", "p50", "p95", "p99"))
     if s["n"]:
@@ -88,7 +88,7 @@ def test_degenerate_samples_give_no_ci_and_no_crash(x):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(0, 1e4, allow_nan=False), min_size=0, max_size=60))
 def test_latency_stats_are_ordered_for_any_sample(x):
-    s = an.latency_stats(x, n_resamples=200)
+    s = stats.latency_stats(x, n_resamples=200)
     if not x:
         return
     assert s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
@@ -99,16 +99,16 @@ def test_latency_stats_are_ordered_for_any_sample(x):
 
 def test_hdr_histograms_merge_and_approximate_the_exact_percentiles():
     a, b = np.linspace(1, 50, 500), np.linspace(50, 100, 500)
-    merged = an.merge_histograms(an.latency_histogram(a), an.latency_histogram(b))
+    merged = stats.merge_histograms(stats.latency_histogram(a), stats.latency_histogram(b))
     assert merged.get_total_count() == 1000
     exact = np.percentile(np.concatenate([a, b]), [50, 95, 99])
-    approx = an.histogram_percentiles(merged)
+    approx = stats.histogram_percentiles(merged)
     for q, e in zip(("p50", "p95", "p99"), exact, strict=True):
         assert approx[q] == pytest.approx(e, rel=2e-3)  # 3 significant digits plus bin width
 
 
 def test_step_breakdown_counts_and_quantiles():
-    steps = an.steps_frame(
+    steps = results.steps_frame(
         [{"kind": "step", "flow_id": i, "step": "relay", "t": 0, "duration_s": float(i + 1),
           "ok": True} for i in range(20)]
         + [{"kind": "step", "flow_id": 99, "step": "relay", "t": 0, "duration_s": 500.0,
@@ -118,7 +118,7 @@ def test_step_breakdown_counts_and_quantiles():
            {"kind": "step", "flow_id": 0, "step": "derive_key", "t": 0, "duration_s": 0.1,
             "ok": True}]
     )  # fmt: skip
-    table = an.step_breakdown(steps)
+    table = stats.step_breakdown(steps)
     assert list(table.index) == ["derive_key", "relay"]  # flow order, not alphabetical
     relay = table.loc["relay"]
     assert (relay["n"], relay["ok"], relay["failed"], relay["cancelled"]) == (22, 20, 1, 1)
@@ -136,32 +136,32 @@ def test_step_breakdown_counts_and_quantiles():
 def test_throughput_of_a_known_schedule():
     # Flow k (1..20) starts at 6(k-1) and lasts 6 s: ends at 6, 12, ..., 120.
     flows = _flows([(6.0 * (k - 1), 6.0, "ok") for k in range(1, 21)])
-    assert an.flows_per_minute(flows) == 20 / 2.0  # 20 ok flows over 120 s
-    tp = an.throughput(flows, bin_s=60)
+    assert stats.flows_per_minute(flows) == 20 / 2.0  # 20 ok flows over 120 s
+    tp = stats.throughput(flows, bin_s=60)
     # Ends 6..54 -> window 0 (9), 60..114 -> window 1 (10), 120 -> window 2 (1).
     assert tp["ok"].tolist() == [9, 10, 1]
     assert tp["flows_per_min"].tolist() == [9.0, 10.0, 1.0]
     assert tp["t_start"].tolist() == [0.0, 60.0, 120.0]
     assert tp["partial"].tolist() == [False, False, True]
-    per_30s = an.throughput(flows, bin_s=30)
+    per_30s = stats.throughput(flows, bin_s=30)
     assert per_30s["flows_per_min"].iloc[1] == 5 * 2.0  # ends 30..54: 5 flows in 30 s
 
 
 def test_throughput_counts_failures_apart_and_ignores_cancelled():
     flows = _flows([(0, 10, "ok"), (0, 20, "failed"), (0, 30, "cancelled"), (70, 10, "ok")])
-    tp = an.throughput(flows, bin_s=60)
+    tp = stats.throughput(flows, bin_s=60)
     assert tp[["ok", "failed"]].values.tolist() == [[1, 1], [1, 0]]
-    assert an.flows_per_minute(flows) == 2 / (80 / 60)  # ok flows over first start..last end
-    assert an.flows_per_minute(_flows([(0, 5, "failed")])) is None
-    assert an.throughput(_flows([]), bin_s=60).empty
+    assert stats.flows_per_minute(flows) == 2 / (80 / 60)  # ok flows over first start..last end
+    assert stats.flows_per_minute(_flows([(0, 5, "failed")])) is None
+    assert stats.throughput(_flows([]), bin_s=60).empty
 
 
 def test_concurrency_counts_overlaps_and_not_back_to_back_flows():
     flows = _flows([(0, 10, "ok"), (5, 10, "ok"), (10, 5, "ok"), (15, 5, "failed")])
-    c = an.concurrency(flows)
+    c = stats.concurrency(flows)
     in_flight = dict(zip(c["t"], c["in_flight"], strict=True))
     assert in_flight == {0: 1, 5: 2, 10: 2, 15: 1, 20: 0}
-    assert an.concurrency(_flows([])).empty
+    assert stats.concurrency(_flows([])).empty
 
 
 # ----------------------------------------------------------------------------- success
@@ -169,11 +169,11 @@ def test_concurrency_counts_overlaps_and_not_back_to_back_flows():
 
 def test_success_rate_cis_are_scipys_wilson_intervals():
     flows = _flows([(0, 1, "ok")] * 18 + [(0, 1, "failed")] * 2 + [(0, 1, "cancelled")] * 3)
-    r = an.success_rates(flows, _steps([]))["flows"]
+    r = stats.success_rates(flows, _steps([]))["flows"]
     assert (r["k"], r["n"], r["rate"]) == (18, 20, 0.9)  # cancelled flows are out
-    ci = stats.binomtest(18, 20).proportion_ci(confidence_level=0.95, method="wilson")
+    ci = scipy_stats.binomtest(18, 20).proportion_ci(confidence_level=0.95, method="wilson")
     assert (r["ci_low"], r["ci_high"]) == (ci.low, ci.high)
-    empty = an.success_rates(_flows([]), _steps([]))
+    empty = stats.success_rates(_flows([]), _steps([]))
     assert empty["flows"] == {"k": 0, "n": 0, "rate": None, "ci_low": None, "ci_high": None}
 
 
@@ -191,7 +191,7 @@ def test_transaction_upload_and_inference_definitions():
             (3, "relay", True, None), (3, "confirm", False, "cancelled"),
         ]
     )  # fmt: skip
-    r = an.success_rates(flows, steps)
+    r = stats.success_rates(flows, steps)
     # Tx: flows 0 and 2 relayed; 0 confirmed; flow 3 was cancelled before its confirm: left out.
     assert (r["transactions"]["k"], r["transactions"]["n"]) == (1, 2)
     assert (r["uploads"]["k"], r["uploads"]["n"]) == (6, 7)
@@ -204,7 +204,7 @@ def test_error_classes_and_api_errors():
         error_class=[None, "http", "storage", "cancelled"],
         failed_step=[None, "relay", "upload_file", "inference_poll"],
     )
-    e = an.error_classes(flows)
+    e = stats.error_classes(flows)
     assert e == {
         "by_class": {"http": 1, "storage": 1, "cancelled": 1},
         "by_step": {"relay": 1, "upload_file": 1, "inference_poll": 1},
@@ -213,11 +213,11 @@ def test_error_classes_and_api_errors():
         [(1, "relay", False, "http"), (2, "upload_file", False, "timeout"),
          (4, "inference_poll", False, "timeout"), (5, "relay", False, "revert")]
     )  # fmt: skip
-    assert an.api_errors(steps, _samples([])) == {"step_errors": 2, "crashes": None, "total": 2}
+    assert stats.api_errors(steps, _samples([])) == {"step_errors": 2, "crashes": None, "total": 2}
     crashed = _samples(
         [(0, "api", 7, "rss_mb", 50), (1, "api", 7, "alive", 0), (2, "api", 8, "rss_mb", 50)]
     )
-    assert an.api_errors(steps, crashed) == {"step_errors": 2, "crashes": 1, "total": 3}
+    assert stats.api_errors(steps, crashed) == {"step_errors": 2, "crashes": 1, "total": 3}
 
 
 # ----------------------------------------------------------------------------- resources
@@ -234,7 +234,7 @@ def test_resources_peaks_averages_and_pids_adding_up():
             (0, "system", "", "cpu_pct", 50), (1, "system", "", "cpu_pct", 70),
         ]
     )  # fmt: skip
-    r = an.resources(samples)
+    r = stats.resources(samples)
     assert list(r.index) == ["driver", "system", "api"]
     assert r.loc["driver", "peak_rss_mb"] == 200 and r.loc["driver", "avg_rss_mb"] == 150
     assert r.loc["driver", "avg_cpu_pct"] == 20 and r.loc["driver", "peak_cpu_pct"] == 30
@@ -242,18 +242,18 @@ def test_resources_peaks_averages_and_pids_adding_up():
     assert r.loc["api", "peak_num_fds"] == 12 and r.loc["api", "peak_connections"] == 5
     assert r.loc["system", "avg_cpu_pct"] == 60
     assert np.isnan(r.loc["system", "peak_rss_mb"])
-    assert an.resources(_samples([])).empty
+    assert stats.resources(_samples([])).empty
 
 
 def test_memory_trend_recovers_a_planted_slope(tmp_path):
-    results = an.load_results(
+    loaded = results.load_results(
         write_results_dir(tmp_path / "r", n_flows=60, rss_slope_mb_per_min=3.0, seed=2)
     )
-    trend = an.memory_trend(results.samples)
+    trend = stats.memory_trend(loaded.samples)
     assert trend["slope_mb_per_min"] == pytest.approx(3.0, abs=0.1)
     assert trend["p_value"] < 1e-6 and trend["r"] > 0.9
-    flat = an.load_results(write_results_dir(tmp_path / "flat", n_flows=60, seed=2))
-    assert abs(an.memory_trend(flat.samples)["slope_mb_per_min"]) < 0.1
+    flat = results.load_results(write_results_dir(tmp_path / "flat", n_flows=60, seed=2))
+    assert abs(stats.memory_trend(flat.samples)["slope_mb_per_min"]) < 0.1
 
 
 def test_memory_trend_drops_the_warm_up():
@@ -261,39 +261,39 @@ def test_memory_trend_drops_the_warm_up():
     t = np.arange(0, 100.0)
     rss = np.where(t < 20, 100 + 5 * t, 200.0)
     samples = _samples([(ti, "driver", 1, "rss_mb", v) for ti, v in zip(t, rss, strict=True)])
-    trend = an.memory_trend(samples)
+    trend = stats.memory_trend(samples)
     assert trend["slope_mb_per_min"] == 0.0 and trend["t_from"] == 20.0
-    assert an.memory_trend(samples.head(4)) is None  # too few points
-    assert an.memory_trend(samples, component="api") is None
+    assert stats.memory_trend(samples.head(4)) is None  # too few points
+    assert stats.memory_trend(samples, component="api") is None
 
 
 def test_network_loop_lag_and_gauges(tmp_path):
-    r = an.load_results(write_results_dir(tmp_path / "r", n_flows=5, spacing_s=1.0))
+    r = results.load_results(write_results_dir(tmp_path / "r", n_flows=5, spacing_s=1.0))
     span = r.samples.loc[r.samples["component"] == "system", "t"].agg(["min", "max"])
     seconds = span["max"] - span["min"]
-    assert an.network(r.samples) == {
+    assert stats.network(r.samples) == {
         "sent_bytes": int(1000 * seconds),
         "recv_bytes": int(2000 * seconds),
         "total_bytes": int(3000 * seconds),
     }
-    lag = an.loop_lag(r.samples)
+    lag = stats.loop_lag(r.samples)
     assert lag["max_ms"] == 10.0 and 1.0 <= lag["p50_ms"] <= lag["p99_ms"] <= 10.0
-    assert an.gauge_peaks(r.samples) == {"personal": {"queue_depth": 4.0}}
-    assert an.loop_lag(_samples([])) is None
-    assert an.network(_samples([]))["total_bytes"] is None
+    assert stats.gauge_peaks(r.samples) == {"personal": {"queue_depth": 4.0}}
+    assert stats.loop_lag(_samples([])) is None
+    assert stats.network(_samples([]))["total_bytes"] is None
 
 
 # ----------------------------------------------------------------------------- capacity
 
 
 def test_capacity_curve_and_knee_from_a_steps_run(tmp_path):
-    r = an.load_results(write_results_dir(tmp_path / "r", stages=[2, 4, 8, 16, 32]))
-    curve = an.capacity_curve(r)
+    r = results.load_results(write_results_dir(tmp_path / "r", stages=[2, 4, 8, 16, 32]))
+    curve = stats.capacity_curve(r)
     assert curve["users"].tolist() == [2, 4, 8, 16, 32]
     assert curve["success_rate"].tolist() == [1.0] * 5
     assert (curve["p95_s"].iloc[:3] == 10.0).all() and curve["p95_s"].iloc[3] == 30.0
-    assert an.knee(curve) == 16  # p95 tripled at 16 users
-    assert an.capacity_curve(an.load_results(write_results_dir(tmp_path / "flat"))).empty
+    assert stats.knee(curve) == 16  # p95 tripled at 16 users
+    assert stats.capacity_curve(results.load_results(write_results_dir(tmp_path / "flat"))).empty
 
 
 @pytest.mark.parametrize(
@@ -309,7 +309,7 @@ def test_capacity_curve_and_knee_from_a_steps_run(tmp_path):
 )
 def test_knee_rule(users, throughput, p95, expected):
     curve = pd.DataFrame({"users": users, "throughput_per_min": throughput, "p95_s": p95})
-    assert an.knee(curve) == expected
+    assert stats.knee(curve) == expected
 
 
 # ----------------------------------------------------------------------------- loading, summary
@@ -317,7 +317,7 @@ def test_knee_rule(users, throughput, p95, expected):
 
 def test_load_results_tolerates_a_torn_last_line(tmp_path):
     path = write_results_dir(tmp_path / "r", n_flows=12, torn_tail=True)
-    r = an.load_results(path)
+    r = results.load_results(path)
     assert len(r.flows) == 12 and r.complete
     assert set(r.samples["component"]) == {
         "driver",
@@ -330,9 +330,9 @@ def test_load_results_tolerates_a_torn_last_line(tmp_path):
 
 
 def test_a_run_without_an_end_event_is_incomplete(tmp_path):
-    r = an.load_results(write_results_dir(tmp_path / "r", n_flows=10, complete=False))
+    r = results.load_results(write_results_dir(tmp_path / "r", n_flows=10, complete=False))
     assert not r.complete and r.run_end == {}
-    s = an.summarize(r)
+    s = summary.summarize(r)
     assert s["complete"] is False and s["outcome"] == "INCOMPLETE" and s["verdict"] == "FAILED"
     assert s["wall_s"] == pytest.approx(r.samples["t"].max())  # the last thing seen
 
@@ -343,13 +343,13 @@ def test_an_interrupted_run_is_incomplete(tmp_path):
     end = json.loads(lines[-1])
     lines[-1] = json.dumps({**end, "reason": "interrupted"})
     (path / "events.jsonl").write_text("\n".join(lines) + "\n")
-    s = an.summarize(an.load_results(path))
+    s = summary.summarize(results.load_results(path))
     assert s["outcome"] == "INCOMPLETE" and s["end_reason"] == "interrupted"
 
 
 def test_load_results_of_a_missing_dir_names_the_fix(tmp_path):
     with pytest.raises(WorkbenchError, match="events.jsonl"):
-        an.load_results(tmp_path / "nope")
+        results.load_results(tmp_path / "nope")
 
 
 SUMMARY_KEYS = (
@@ -362,7 +362,7 @@ SUMMARY_KEYS = (
 
 def test_summary_has_the_contracted_keys_and_is_strict_json(tmp_path):
     path = write_results_dir(tmp_path / "r", n_flows=40, fail_every=10, cancel_last=2)
-    s = an.analyze(path)
+    s = summary.analyze(path)
     assert set(SUMMARY_KEYS) <= set(s)
     assert json.loads((path / "summary.json").read_text()) == s  # NaN-free (allow_nan=False)
     assert (path / "criteria.csv").read_text().startswith("id,label,metric,op,value")
@@ -380,10 +380,10 @@ def test_summary_has_the_contracted_keys_and_is_strict_json(tmp_path):
 
 
 def test_a_healthy_run_passes_and_a_bad_one_fails(tmp_path):
-    good = an.summarize(an.load_results(write_results_dir(tmp_path / "good", n_flows=30)))
+    good = summary.summarize(results.load_results(write_results_dir(tmp_path / "good", n_flows=30)))
     assert good["verdict"] == "PASSED" and good["outcome"] == "PASSED", good["criteria"]
-    bad = an.summarize(
-        an.load_results(
+    bad = summary.summarize(
+        results.load_results(
             write_results_dir(tmp_path / "bad", n_flows=30, fail_every=5, fail_class="http")
         )
     )
@@ -396,7 +396,7 @@ def test_a_healthy_run_passes_and_a_bad_one_fails(tmp_path):
 def test_no_samples_fails_the_resource_rows_as_no_data(tmp_path):
     path = write_results_dir(tmp_path / "r", n_flows=10)
     (path / "samples.csv").unlink()
-    s = an.summarize(an.load_results(path))
+    s = summary.summarize(results.load_results(path))
     rows = {row["id"]: row for row in s["criteria"]}
     assert s["peak_rss_mb"] is None and s["memory_slope_mb_per_min"] is None
     assert rows["peak_memory"]["status"] == "FAIL" and rows["peak_memory"]["note"] == "no data"
@@ -404,8 +404,8 @@ def test_no_samples_fails_the_resource_rows_as_no_data(tmp_path):
 
 
 def test_faults_from_config(tmp_path):
-    r = an.load_results(write_results_dir(tmp_path / "r", n_flows=3, faults="storage-flaky"))
-    assert an.summarize(r)["faults_injected"] == "storage-flaky"
+    r = results.load_results(write_results_dir(tmp_path / "r", n_flows=3, faults="storage-flaky"))
+    assert summary.summarize(r)["faults_injected"] == "storage-flaky"
 
 
 def _wide_samples(rows):
@@ -421,12 +421,12 @@ def test_workbench_cpu_sums_processes_per_tick_and_ignores_the_neighbours():
             (t, 0, "system", None, "cpu_pct", 99.0),  # someone else is busy on the box
         ]
     rows.append((1.0, 0, "api", 3, "cpu_pct", 40.0))
-    cpu = an.workbench_cpu(_wide_samples(rows), cpu_count=2)
+    cpu = stats.workbench_cpu(_wide_samples(rows), cpu_count=2)
     assert cpu["avg"] == pytest.approx(((60 + 20) / 2 + (60 + 20 + 40) / 2) / 2)
     assert cpu["peak"] == pytest.approx(60.0)
 
 
 def test_memory_trend_is_none_for_a_run_too_short_to_show_a_trend():
     rows = [(t / 2, 0, "driver", 1, "rss_mb", 100 + t) for t in range(20)]  # 10 s, steep
-    assert an.memory_trend(_wide_samples(rows)) is None
-    assert an.memory_trend(_wide_samples(rows), min_span_s=1.0)["slope_mb_per_min"] > 0
+    assert stats.memory_trend(_wide_samples(rows)) is None
+    assert stats.memory_trend(_wide_samples(rows), min_span_s=1.0)["slope_mb_per_min"] > 0

@@ -13,12 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from eth_account import Account
 
-from workbench import chain, crypto, permission
 from workbench.stack import anvil
 from workbench.stack.api_server import build_app, operation_request_json
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
 from workbench.stack.relayer import Relayer, RelayError
+from workbench.vana import chain, crypto, permission
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = aiohttp.ClientTimeout(total=30)

@@ -1,4 +1,4 @@
-"""workbench.chain and workbench.stack.anvil against a real anvil."""
+"""workbench.vana.chain and workbench.stack.anvil against a real anvil."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ from contextlib import asynccontextmanager
 import pytest
 from eth_account import Account
 
-from workbench.chain import (
-    NonceManager,
-    ReceiptTimeout,
-    TxReverted,
-    decode_permission_added,
-    make_web3,
-    send_tx,
-    wait_receipt,
-)
 from workbench.errors import WorkbenchError
 from workbench.stack import anvil as anvil_module
 from workbench.stack.anvil import (
@@ -27,6 +18,15 @@ from workbench.stack.anvil import (
     rpc,
     set_block_time,
     txpool_pending,
+)
+from workbench.vana.chain import (
+    NonceManager,
+    ReceiptTimeout,
+    TxReverted,
+    decode_permission_added,
+    make_web3,
+    send_tx,
+    wait_receipt,
 )
 
 SENDER = 14  # dev accounts this module spends from (see conftest for who uses what)

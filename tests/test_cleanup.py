@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from workbench import analysis
 from workbench.__main__ import main
-from workbench.cleanup import STACK_GONE, cleanup, stored_objects
+from workbench.analysis.results import flows_frame
+from workbench.analysis.summary import _stored
+from workbench.driver.cleanup import STACK_GONE, cleanup, stored_objects
 from workbench.errors import WorkbenchError
 from workbench.stack.process import free_port
 
@@ -60,9 +61,9 @@ def test_stored_objects_are_distinct_by_cid():
         {"kind": "flow", "stored": float("nan")},  # as pandas fills a missing column
     ]
     assert stored_objects(events) == {"bafka": 1000, "bafkb": 10, "bafkgrant": 220}
-    flows = analysis.flows_frame([{**e, "t": 0, "duration_s": 1, "ok": True} for e in events])
-    assert analysis._stored(flows) == {"stored_objects": 3, "stored_bytes": 1230}
-    assert analysis._stored(analysis.flows_frame([])) == {"stored_objects": 0, "stored_bytes": 0}
+    flows = flows_frame([{**e, "t": 0, "duration_s": 1, "ok": True} for e in events])
+    assert _stored(flows) == {"stored_objects": 3, "stored_bytes": 1230}
+    assert _stored(flows_frame([])) == {"stored_objects": 0, "stored_bytes": 0}
 
 
 def test_cleanup_removes_a_runs_objects_and_is_idempotent(local_stack, tmp_path, capsys):
@@ -107,7 +108,7 @@ def test_cleanup_needs_a_results_dir(tmp_path):
 
 
 def test_uploads_of_a_flow_cut_short_still_count():
-    from workbench.cleanup import stored_objects
+    from workbench.driver.cleanup import stored_objects
 
     events = [  # a killed flow: its upload step happened, its outcome never came
         {"kind": "step", "step": "upload_file", "stored": [{"cid": "bafyA", "bytes": 10}]},

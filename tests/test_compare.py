@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from synthetic import write_results_dir
 
-from workbench import compare
+from workbench.analysis import compare
 
 
 def test_a_doubled_latency_is_reported_slower_with_the_right_ratio(tmp_path):

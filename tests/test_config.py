@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.config import MAX_USERS, SHAPES, RunConfig, project_path
+from workbench.driver.config import MAX_USERS, SHAPES, RunConfig, project_path
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 # The notebook's parameters cell, as the issue fixes it.
 NOTEBOOK_DEFAULTS = dict(

@@ -12,8 +12,11 @@ from eth_utils import abi_to_signature, event_abi_to_log_topic, function_abi_to_
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
-from workbench import permission
-from workbench.chain import (
+from workbench.errors import WorkbenchError
+from workbench.stack import compile as contracts
+from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
+from workbench.vana import permission
+from workbench.vana.chain import (
     NonceManager,
     contract,
     decode_permission_added,
@@ -21,9 +24,6 @@ from workbench.chain import (
     send_tx,
     wait_receipt,
 )
-from workbench.errors import WorkbenchError
-from workbench.stack import compile as contracts
-from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
 
 # What VANA.md lists per contract: these must match the reference ABIs exactly.
 LISTED = {

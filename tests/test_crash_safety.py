@@ -18,11 +18,11 @@ import psutil
 import pytest
 from eth_account import Account
 
-from workbench import wallets
 from workbench.__main__ import main
-from workbench.chain import close_web3, make_web3
-from workbench.profiles import PROJECT_ROOT
+from workbench.driver import wallets
+from workbench.params import PROJECT_ROOT
 from workbench.stack.anvil import dev_key
+from workbench.vana.chain import close_web3, make_web3
 
 SWEEP_FUNDER_INDEX = 17  # dev account of the session's local stack reserved for this module
 FLOWS_BEFORE_KILL = 3

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from workbench import criteria as crit
+from workbench.analysis import criteria as crit
 from workbench.errors import WorkbenchError
 
 

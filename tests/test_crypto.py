@@ -1,4 +1,4 @@
-"""workbench.crypto against the JavaScript libraries the real client uses (OpenPGP.js 6,
+"""workbench.vana.crypto against the JavaScript libraries the real client uses (OpenPGP.js 6,
 eccrypto 1.1.6, viem), run by node at test time; one node process per test at most."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsinterop import run_jobs, run_node
 
-from workbench import crypto
-from workbench.crypto import DecryptionError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
+from workbench.vana import crypto
+from workbench.vana.crypto import DecryptionError
 
 VECTORS = PROJECT_ROOT.parent / "shared" / "reference" / "vectors" / "eccrypto-vectors.json"
 KEYS = ["0x" + hashlib.sha256(f"wallet {i}".encode()).hexdigest() for i in range(3)]

@@ -16,10 +16,10 @@ import threading
 
 import pytest
 
-from workbench import crypto, permission
-from workbench.config import RunConfig
+from workbench.driver.config import RunConfig
+from workbench.driver.runner import Runner
 from workbench.events import STEPS, read_events
-from workbench.runner import Runner
+from workbench.vana import crypto, permission
 
 USERS = 20
 

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from workbench import analysis
-from workbench.config import RunConfig
+from workbench.analysis.results import load_results
+from workbench.analysis.summary import summarize, write_summary
+from workbench.driver.config import RunConfig
+from workbench.driver.runner import Runner, run
 from workbench.errors import WorkbenchError
 from workbench.events import read_events
-from workbench.faults import FAULTS_DIR, load_faults
-from workbench.profiles import PROFILES_DIR
-from workbench.runner import Runner, run
+from workbench.params import PROFILES_DIR
+from workbench.stack.faults import FAULTS_DIR, load_faults
 
 PLANS = ("chaos", "rpc", "storage", "inference", "restarts", "chain_stall")
 
@@ -149,8 +150,8 @@ def fault_run(tmp_path: Path, plan: str | Path, users: int, ramp_s: float, **par
     )
     outcome = asyncio.run(run(config, progress=False, report=False, out=io.StringIO()))
     assert outcome.reason == "completed"
-    summary = analysis.summarize(analysis.load_results(outcome.results_dir))
-    analysis.write_summary(outcome.results_dir, summary)
+    summary = summarize(load_results(outcome.results_dir))
+    write_summary(outcome.results_dir, summary)
     events = read_events(outcome.results_dir / "events.jsonl")
     check_counts(events, users)
     on_disk = json.loads((outcome.results_dir / "summary.json").read_text())

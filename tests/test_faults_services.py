@@ -24,11 +24,9 @@ from tests.test_personal_server import (
     signed_request,
     wait_finished,
 )
-from workbench import analysis
-from workbench.config import RunConfig
-from workbench.errors import WorkbenchError
-from workbench.events import read_events
-from workbench.flow import (
+from workbench.analysis.summary import analyze
+from workbench.driver.config import RunConfig
+from workbench.driver.flow import (
     FlowError,
     FlowRecord,
     FlowRun,
@@ -38,12 +36,14 @@ from workbench.flow import (
     classify,
     flow_context,
 )
-from workbench.runner import run
+from workbench.driver.runner import run
+from workbench.errors import WorkbenchError
+from workbench.events import read_events
 from workbench.stack.anvil import CHAIN_ID
 from workbench.stack.components import ComponentStartError, start_component, stop_component
 from workbench.stack.inference import FaultyBackend, InferenceError, SimulatedLLM
 from workbench.stack.storage import cid_for
-from workbench.target import CONTRACT_NAMES, Endpoints
+from workbench.vana.target import CONTRACT_NAMES, Endpoints
 
 pytestmark = pytest.mark.e2e
 
@@ -336,7 +336,7 @@ async def faulty_run(tmp_path, users: int, faults: dict) -> tuple[list[dict], di
         output_dir=str(tmp_path / "out"),
     )
     outcome = await run(config, progress=False, report=False)
-    return read_events(outcome.results_dir / "events.jsonl"), analysis.analyze(outcome.results_dir)
+    return read_events(outcome.results_dir / "events.jsonl"), analyze(outcome.results_dir)
 
 
 def check_counts(events: list[dict], summary: dict, users: int) -> tuple[list, list]:

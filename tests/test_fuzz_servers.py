@@ -26,12 +26,12 @@ from eth_utils import is_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench import crypto, permission
-from workbench.flow import FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow
 from workbench.stack.anvil import dev_key, start_anvil, wait_ready
 from workbench.stack.components import start_component, stop_component
 from workbench.stack.process import free_port, terminate
 from workbench.stack.storage import cid_for
+from workbench.vana import crypto, permission
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_S = 15.0

@@ -20,12 +20,12 @@ import psutil
 import pytest
 from jsinterop import run_node
 
-from workbench import chain
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT, load_profile
+from workbench.params import PROJECT_ROOT, load_profile
 from workbench.stack import anvil
 from workbench.stack.components import ComponentStartError
 from workbench.stack.local import COMPONENTS, LocalStack
+from workbench.vana import chain
 
 pytestmark = pytest.mark.e2e
 ENDPOINT_KEYS = {
@@ -150,14 +150,14 @@ async def test_sync_start_inside_a_running_loop_and_async_context():
     assert alive(apids.values()) == []
 
 
-# --- the CLI: `python -m workbench.stack.cli up --json` -----------------------------------------
+# --- the CLI: `python -m workbench stack up --json` -----------------------------------------
 
 
 @pytest.fixture
 def cli_stack() -> Iterator[tuple[subprocess.Popen, dict]]:
     """The CLI in its own process, and the one JSON line it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.stack.cli", "up", "--profile", "fast", "--json"],
+        [sys.executable, "-m", "workbench", "stack", "up", "--profile", "fast", "--json"],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -227,7 +227,7 @@ def test_kill_9_of_the_owner_leaves_no_stack_process(cli_stack):
 
 def test_cli_text_output_names_the_logs_and_how_to_stop(tmp_path: Path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.stack.cli", "up"],
+        [sys.executable, "-m", "workbench", "stack", "up"],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

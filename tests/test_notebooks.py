@@ -9,7 +9,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 KEY_SHAPED = re.compile(r"0x[0-9a-fA-F]{64}\b")

@@ -1,4 +1,4 @@
-"""workbench.permission against viem (hashTypedData, signTypedData, recoverTypedDataAddress)
+"""workbench.vana.permission against viem (hashTypedData, signTypedData, recoverTypedDataAddress)
 and against garbage, as the relay server receives it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsinterop import run_jobs
 
-from workbench import crypto, permission
+from workbench.vana import crypto, permission
 
 KEY = "0x" + hashlib.sha256(b"permission signer").hexdigest()
 USER = Account.from_key(KEY).address

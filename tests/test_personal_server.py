@@ -14,9 +14,9 @@ from coincurve import PrivateKey
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
-from workbench import chain, crypto, permission
 from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
 from workbench.stack.components import start_component, stop_component
+from workbench.vana import chain, crypto, permission
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SEED = secrets.token_bytes(32)

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 from synthetic import write_results_dir
 
-from workbench import analysis, plots
+from workbench.analysis import plots
+from workbench.analysis.results import load_results
+from workbench.analysis.stats import capacity_curve, knee
+from workbench.analysis.summary import summarize
 from workbench.events import STEPS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -20,8 +23,8 @@ def run(tmp_path_factory):
     path = write_results_dir(
         tmp_path_factory.mktemp("plots") / "run", n_flows=60, fail_every=7, cancel_last=2
     )
-    results = analysis.load_results(path)
-    return results, analysis.summarize(results)
+    results = load_results(path)
+    return results, summarize(results)
 
 
 def _lines(fig) -> dict[str, float]:
@@ -66,8 +69,8 @@ def test_histogram_lines_sit_at_the_percentiles_and_thresholds(run):
 
 def test_histogram_far_thresholds_are_noted_not_drawn(tmp_path):
     path = write_results_dir(tmp_path / "fast", n_flows=20, durations=np.linspace(0.5, 1.5, 20))
-    results = analysis.load_results(path)
-    summary = analysis.summarize(results)
+    results = load_results(path)
+    summary = summarize(results)
     fig = plots.latency_histogram(results, summary, summary["criteria"])
     lines = _lines(fig)
     assert {"p50", "p95", "p99"} <= set(lines) and "p95_s:target" not in lines
@@ -117,7 +120,7 @@ def test_errors_by_class_with_component_and_empty_state(run, tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "relay -> API server (relayer)" in labels
     assert any(label.startswith("cancelled") for label in labels)
-    clean = analysis.load_results(write_results_dir(tmp_path / "clean", n_flows=5))
+    clean = load_results(write_results_dir(tmp_path / "clean", n_flows=5))
     assert "no errors" in _texts(plots.errors(clean))
 
 
@@ -131,19 +134,19 @@ def test_fault_component_uses_the_step_for_timeouts_and_http():
 
 def test_capacity_curve_marks_the_knee(tmp_path):
     path = write_results_dir(tmp_path / "steps", stages=[2, 4, 8, 12, 16])
-    results = analysis.load_results(path)
-    curve = analysis.capacity_curve(results)
-    knee = analysis.knee(curve)
-    assert knee is not None
-    assert _lines(plots.capacity_curve(results))["knee"] == knee
-    assert _lines(plots.capacity_curve(curve, knee))["knee"] == knee  # the notebooks' call
+    results = load_results(path)
+    curve = capacity_curve(results)
+    users = knee(curve)
+    assert users is not None
+    assert _lines(plots.capacity_curve(results))["knee"] == users
+    assert _lines(plots.capacity_curve(curve, users))["knee"] == users  # the notebooks' call
     paths = plots.save_all(results, None, None, tmp_path / "figures")
     assert "capacity_curve" in [p.stem for p in paths]
 
 
 def test_no_completed_flows_is_an_empty_state(tmp_path):
     path = write_results_dir(tmp_path / "allfail", n_flows=4, fail_every=1)
-    results = analysis.load_results(path)
+    results = load_results(path)
     assert "no completed flows" in _texts(plots.latency_histogram(results))
 
 

@@ -11,10 +11,11 @@ import sys
 import pytest
 from synthetic import write_results_dir
 
-from workbench import report
+from workbench.analysis import report
+from workbench.cli import report as report_cli
 from workbench.errors import WorkbenchError
 from workbench.events import EventWriter
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 OUTPUTS = ("report.html", "summary.json", "criteria.csv")
@@ -197,7 +198,7 @@ def test_find_secrets_rules():
 
 
 def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
-    from workbench import wallets
+    from workbench.driver import wallets
 
     monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
     monkeypatch.setenv("WORKBENCH_SECRETS", json.dumps({"relayers": ["0x" + "ab" * 32]}))
@@ -241,5 +242,5 @@ def test_cli_renders_again_from_the_dir_alone(tmp_path):
 
 
 def test_main_reports_a_bad_dir(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 2
+    assert report_cli.main([str(tmp_path / "nope")]) == 2
     assert "events.jsonl" in capsys.readouterr().err

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from eth_utils import keccak
 
-from workbench import chain
 from workbench.stack.components import start_component, stop_component
 from workbench.stack.rpc_proxy import build_app
+from workbench.vana import chain
 
 RPC_FAULTS = {"error_rate": 0, "statuses": [429], "timeout_rate": 0, "timeout_s": 5, "drop_rate": 0}
 

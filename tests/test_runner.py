@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench import runner
-from workbench.config import RunConfig
+from workbench.driver import runner
+from workbench.driver.config import RunConfig
+from workbench.driver.flow import Wallet
 from workbench.events import read_events
-from workbench.flow import Wallet
 
 
 class FakeWallets:
@@ -85,7 +85,7 @@ def test_notebook_command_keeps_an_output_dir_given_with_p(tmp_path, monkeypatch
     import papermill
 
     from workbench.__main__ import parser
-    from workbench.notebook import notebook_command
+    from workbench.cli.notebook import notebook_command
 
     calls: list[dict] = []
     monkeypatch.setattr(

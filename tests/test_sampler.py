@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from workbench.sampler import HEADER, LoopLagProbe, Sampler
+from workbench.driver.sampler import HEADER, LoopLagProbe, Sampler
 
 BUSY = "while True: pass"
 IDLE = "import time; time.sleep(60)"

@@ -15,11 +15,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from workbench import report, secrets, wallets
-from workbench.config import RunConfig
+from workbench import secrets
+from workbench.analysis import report
+from workbench.driver import wallets
+from workbench.driver.config import RunConfig
+from workbench.driver.runner import Runner
 from workbench.errors import WorkbenchError
 from workbench.events import EventWriter, read_events
-from workbench.runner import Runner
 from workbench.stack.server import ApiError, make_app
 
 KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from workbench.config import RunConfig
-from workbench.shapes import (
+from workbench.driver.config import RunConfig
+from workbench.driver.shapes import (
     SIZE_BYTES,
     SIZES,
     Burst,

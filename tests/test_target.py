@@ -1,4 +1,4 @@
-"""Remote target files (`workbench.target.load_target`) and preflight against a live stack."""
+"""Remote target files (`workbench.vana.target.load_target`) and preflight against a live stack."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from workbench.__main__ import main
-from workbench.config import RunConfig
+from workbench.driver.config import RunConfig
+from workbench.driver.preflight import preflight
+from workbench.driver.runner import Runner
 from workbench.errors import WorkbenchError
-from workbench.preflight import preflight
-from workbench.runner import Runner
 from workbench.stack.process import free_port
-from workbench.target import CONTRACT_NAMES, load_target
+from workbench.vana.target import CONTRACT_NAMES, load_target
 
 MOKSHA = {
     "DataPortabilityPermissions": "0xD54523048AdD05b4d734aFaE7C68324Ebb7373eF",
@@ -266,8 +266,8 @@ def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_pat
 
 
 def test_a_run_with_a_bad_target_file_fails_before_anything_starts(tmp_path):
-    from workbench.config import RunConfig
-    from workbench.runner import Runner
+    from workbench.driver.config import RunConfig
+    from workbench.driver.runner import Runner
 
     bad = tmp_path / "t.yaml"
     bad.write_text("name: broken\nchain_id: 5\n")

@@ -1,12 +1,12 @@
-"""`workbench.views.ViewFunction` answers what web3's contract call answers, with one eth_call."""
+"""`workbench.vana.views.ViewFunction` answers what web3's contract call answers, with one eth_call."""
 
 from __future__ import annotations
 
 import pytest
 from eth_account import Account
 
-from workbench import chain
-from workbench.views import ViewFunction
+from workbench.vana import chain
+from workbench.vana.views import ViewFunction
 
 pytestmark = pytest.mark.e2e
 

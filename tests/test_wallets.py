@@ -9,8 +9,8 @@ import stat
 import pytest
 from eth_account import Account
 
-from workbench import wallets
 from workbench.__main__ import main
+from workbench.driver import wallets
 from workbench.errors import WorkbenchError
 from workbench.stack.anvil import dev_key
 
@@ -121,7 +121,7 @@ def test_cli_without_rpc_url_names_the_flag(tmp_path, capsys):
 
 
 async def test_cli_funder_defaults_to_anvil_dev_key_only_on_a_local_chain(w3, monkeypatch):
-    from workbench import wallets_cli
+    from workbench.cli import wallets as wallets_cli
 
     monkeypatch.delenv(wallets.FUNDER_KEY_ENV, raising=False)
     assert await wallets_cli._funder(w3) == dev_key(0)  # the anvil fixture: chain id 31337
@@ -129,6 +129,6 @@ async def test_cli_funder_defaults_to_anvil_dev_key_only_on_a_local_chain(w3, mo
     async def other_chain(_w3):
         return 14800
 
-    monkeypatch.setattr("workbench.chain.chain_id", other_chain)
+    monkeypatch.setattr("workbench.vana.chain.chain_id", other_chain)
     with pytest.raises(WorkbenchError, match=wallets.FUNDER_KEY_ENV):
         await wallets_cli._funder(w3)

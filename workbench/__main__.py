@@ -12,49 +12,49 @@ from workbench.errors import WorkbenchError
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from workbench.stack.cli import stack_up
+    from workbench.cli.stack import stack_up
 
     return stack_up(args.profile, args.json)
 
 
 def _flow(args: argparse.Namespace) -> int:
-    from workbench.single import flow_command
+    from workbench.cli.flow import flow_command
 
     return flow_command(args.profile, args.json)
 
 
 def _wallets(args: argparse.Namespace) -> int:
-    from workbench.wallets_cli import wallets_command
+    from workbench.cli.wallets import wallets_command
 
     return wallets_command(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workbench.runner import run_command
+    from workbench.cli.run import run_command
 
     return run_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from workbench.report import main
+    from workbench.cli.report import main
 
     return main([args.results_dir, *(["--criteria", args.criteria] if args.criteria else [])])
 
 
 def _notebook(args: argparse.Namespace) -> int:
-    from workbench.notebook import notebook_command
+    from workbench.cli.notebook import notebook_command
 
     return notebook_command(args)
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from workbench.preflight import preflight_command
+    from workbench.cli.preflight import preflight_command
 
     return preflight_command(args.target, args.timeout_s)
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from workbench.cleanup import cleanup_command
+    from workbench.cli.cleanup import cleanup_command
 
     return cleanup_command(args.results_dir)
 

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
-
-from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
 
 
 def setup_notebook() -> None:
@@ -23,7 +18,7 @@ def show_results(results_dir: str | Path) -> dict[str, Any]:
     """Displays the milestone's output sections, criteria table, figures and verdict."""
     from IPython.display import HTML, Image, Markdown, display
 
-    from workbench import report
+    from workbench.analysis import report
 
     results_dir = Path(results_dir)
     summary = json.loads((results_dir / "summary.json").read_text(encoding="utf-8"))
@@ -52,64 +47,17 @@ def show_capacity(results_dir: str | Path) -> Any:
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
 
-    from workbench import analysis, plots
+    from workbench.analysis import plots
+    from workbench.analysis.results import load_results
+    from workbench.analysis.stats import capacity_curve, knee
 
-    results = analysis.load_results(results_dir)
-    curve = analysis.capacity_curve(results)
+    results = load_results(results_dir)
+    curve = capacity_curve(results)
     display(curve)
-    fig = plots.capacity_curve(curve, analysis.knee(curve))
+    fig = plots.capacity_curve(curve, knee(curve))
     png = Path(results_dir) / "figures" / "capacity_curve.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     display(Image(filename=str(png)))  # a PNG in the notebook, whatever the matplotlib backend
     return curve
-
-
-def notebook_command(args: Namespace) -> int:
-    """Executes a notebook with papermill into its results dir and prints where the report is."""
-    import papermill as pm
-
-    from workbench.config import RunConfig
-
-    params: dict[str, Any] = {k: _literal(v) for k, v in args.param}
-    for key in ("users", "profile", "output_dir"):
-        if getattr(args, key, None) is not None:
-            params[key] = getattr(args, key)
-    params.setdefault("run_id", RunConfig.new_run_id("nb", params.get("users", 0)))
-    if Path(args.notebook).name == "run.ipynb":  # validate before anything is created
-        RunConfig.from_params(**params)
-    out_dir = RunConfig.from_params(
-        run_id=params["run_id"], output_dir=params.get("output_dir", "outputs")
-    ).results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    notebook = Path(args.notebook)
-    if not notebook.is_file():
-        raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
-    print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
-    # The notebook's own output (setup lines, per-user lines, results) streams to the terminal.
-    pm.execute_notebook(
-        str(notebook),
-        str(out_dir / notebook.name),
-        parameters=params,
-        cwd=str(PROJECT_ROOT),
-        progress_bar=False,
-        log_output=True,
-        stdout_file=sys.stdout,
-        stderr_file=sys.stderr,
-    )
-    report = out_dir / "report.html"
-    summary = (
-        json.loads((out_dir / "summary.json").read_text())
-        if (out_dir / "summary.json").exists()
-        else {}
-    )
-    print(f"📄 Report: {report}  verdict: {summary.get('verdict', '?')}")
-    return 0
-
-
-def _literal(text: str) -> Any:
-    """`-p users 25` gives 25, `-p profile fast` gives 'fast' (as papermill's CLI does)."""
-    import yaml
-
-    return yaml.safe_load(text)

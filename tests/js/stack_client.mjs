@@ -1,6 +1,6 @@
 // A viem client of the local stack, as a browser app would be: a fresh user signs the EIP-712
 // ServerFilesAndPermission, POSTs it to the API server's /api/relay, and waits for the receipt.
-// stdin: the endpoints JSON (`python -m workbench.stack.cli up --json`).
+// stdin: the endpoints JSON (`python -m workbench stack up --json`).
 // stdout: {"user", "transactionHash", "status"} or {"error", "httpStatus", "body"}.
 import { createPublicClient, http, parseAbi } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';

@@ -14,7 +14,7 @@ from eth_account import Account
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
 
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 from workbench.stack.process import spawn
 
 CHAIN_ID = 31337

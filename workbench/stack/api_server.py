@@ -31,8 +31,6 @@ import aiohttp
 from aiohttp import web
 from eth_utils import is_address, to_checksum_address
 
-from workbench import chain, permission
-from workbench.crypto import personal_sign
 from workbench.errors import WorkbenchError
 from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
 from workbench.stack.server import (
@@ -45,6 +43,8 @@ from workbench.stack.server import (
     run,
     secrets,
 )
+from workbench.vana import chain, permission
+from workbench.vana.crypto import personal_sign
 
 APP_KEY = web.AppKey("api_server", object)
 DEFAULT_TIMEOUT_S = 10.0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 COMPILE_SCRIPT = Path(__file__).resolve().parent / "solc_compile.mjs"

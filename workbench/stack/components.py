@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 from workbench.stack.process import spawn, terminate
 from workbench.stack.server import CONFIG_ENV, READY_PREFIX, SECRETS_ENV
 

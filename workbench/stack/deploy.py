@@ -16,8 +16,8 @@ from eth_account import Account
 from web3 import AsyncWeb3
 from web3.utils.address import get_create_address
 
-from workbench.chain import chain_id, close_web3, make_web3, send_tx, wait_receipt
 from workbench.stack.compile import artifacts
+from workbench.vana.chain import chain_id, close_web3, make_web3, send_tx, wait_receipt
 
 # Gas limits about 1.5x what each transaction uses (anvil charges only the gas used).
 DEPLOY_GAS = 2_500_000

@@ -17,7 +17,7 @@ thread with its own loop and waits. We chose that over nest_asyncio because it l
 caller's loop untouched (nest_asyncio patches it for the whole kernel) and the children do not
 depend on the helper thread (see above). Blocking the notebook while the stack starts is intended.
 
-Faults (`faults=FaultPlan`, see `workbench.faults`): with an `rpc` section a JSON-RPC proxy
+Faults (`faults=FaultPlan`, see `workbench.stack.faults`): with an `rpc` section a JSON-RPC proxy
 (`rpc_proxy`) sits between every client and anvil (`endpoints.rpc_url` is the proxy), started
 disarmed so start-up and funding are clean; `storage` / `inference` go into those servers'
 config key `faults`. `fault_schedule()` gives the run's timed kills, restarts and chain stalls.
@@ -41,16 +41,16 @@ from typing import Any
 
 import aiohttp
 
-from workbench.crypto import public_key_of
 from workbench.errors import WorkbenchError
 from workbench.events import Clock
-from workbench.faults import FaultPlan, FaultSchedule
-from workbench.profiles import load_profile
+from workbench.params import load_profile
 from workbench.stack import anvil
 from workbench.stack.components import start_component
 from workbench.stack.deploy import deploy_all
+from workbench.stack.faults import FaultPlan, FaultSchedule
 from workbench.stack.process import free_port
-from workbench.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
+from workbench.vana.crypto import public_key_of
+from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 
 log = logging.getLogger("workbench.stack.local")
 

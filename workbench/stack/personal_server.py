@@ -49,8 +49,6 @@ from coincurve import PrivateKey
 from eth_utils import is_address, keccak, to_checksum_address
 from web3.exceptions import ContractLogicError, Web3RPCError
 
-from workbench import chain
-from workbench.crypto import decrypt_file, ecies_decrypt, recover_personal
 from workbench.errors import WorkbenchError
 from workbench.stack.inference import Backend, FaultyBackend, InferenceError, make_backend
 from workbench.stack.server import (
@@ -63,6 +61,8 @@ from workbench.stack.server import (
     run,
     secrets,
 )
+from workbench.vana import chain
+from workbench.vana.crypto import decrypt_file, ecies_decrypt, recover_personal
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SERVER_KEY = web.AppKey("personal_server", object)
@@ -183,7 +183,7 @@ class PersonalServer:
         self.submitted = self.in_flight = self.done = self.failed = 0
         self.timed_out = self.rejected = 0
         self.fetch_timeout = aiohttp.ClientTimeout(total=float(config.get("fetch_timeout_s", 30)))
-        # Threads suffice: workbench.crypto's S2K (nearly all of the cost) runs in hashlib,
+        # Threads suffice: workbench.vana.crypto's S2K (nearly all of the cost) runs in hashlib,
         # which releases the GIL, so decryption neither blocks the loop nor serialises.
         self.pool = ThreadPoolExecutor(int(config.get("decrypt_workers", 2)), "decrypt")
         self.workers: list[asyncio.Task] = []

@@ -36,8 +36,8 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from workbench.chain import NonceManager
 from workbench.stack import compile as contracts
+from workbench.vana.chain import NonceManager
 
 log = logging.getLogger("workbench.stack.relayer")
 

@@ -4,7 +4,7 @@
   port (0 = any free), upstream (the node's URL), upstream_timeout_s (60), seed (optional),
   armed (true): whether faults are injected yet (the run's fault schedule arms it at run start,
   so stack start-up and wallet funding are not part of the experiment),
-  faults {error_rate, statuses, timeout_rate, timeout_s, drop_rate} (see `workbench.faults`).
+  faults {error_rate, statuses, timeout_rate, timeout_s, drop_rate} (see `workbench.stack.faults`).
 
 Each HTTP request (a batch counts once) draws one number: with `error_rate` it is answered with
 one of `statuses` (429 / 503 ...) and a JSON-RPC error body, with `timeout_rate` it hangs
@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from workbench.errors import WorkbenchError
-from workbench.faults import SECTIONS
+from workbench.stack.faults import SECTIONS
 from workbench.stack.server import component_config, json_body, make_app, run
 
 PROXY_KEY = web.AppKey("rpc_proxy", object)

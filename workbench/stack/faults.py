@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
-log = logging.getLogger("workbench.faults")
+log = logging.getLogger("workbench.stack.faults")
 FAULTS_DIR = PROJECT_ROOT / "params" / "faults"
 RESTARTABLE = ("api", "personal", "storage")
 # The default values of each section: also the set of keys it accepts.

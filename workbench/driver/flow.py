@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from workbench import chain, crypto, permission
 from workbench.events import Clock
-from workbench.target import Endpoints
-from workbench.views import ViewFunction
+from workbench.vana import chain, crypto, permission
+from workbench.vana.target import Endpoints
+from workbench.vana.views import ViewFunction
 
 Emit = Callable[[dict[str, Any]], None]
 TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -121,7 +121,7 @@ class FlowContext:
 
     async def read(self, name: str, function: str, *args: Any) -> Any:
         """A contract view call as one raw eth_call (ABI resolved once per run): web3's contract
-        call path was the driver's biggest loop CPU per flow (see `workbench.views`)."""
+        call path was the driver's biggest loop CPU per flow (see `workbench.vana.views`)."""
         view = self._views.get((name, function))
         if view is None:
             view = self._views[(name, function)] = ViewFunction(self.contract(name), function)

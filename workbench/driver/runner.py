@@ -24,14 +24,14 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 import workbench
-from workbench import shapes, wallets
-from workbench.config import RunConfig
+from workbench.driver import shapes, wallets
+from workbench.driver.config import RunConfig
+from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, EventWriter
-from workbench.faults import load_faults
-from workbench.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
-from workbench.profiles import load_profile
-from workbench.target import Target
+from workbench.params import load_profile
+from workbench.stack.faults import load_faults
+from workbench.vana.target import Target
 
 PER_USER_LINES_MAX = 100  # beyond this many users, print only failures per user
 
@@ -115,7 +115,7 @@ class Runner:
                 "faults", "faults need the local stack", "use target local, or faults none"
             )
         if target is None and config.target != "local":
-            from workbench.target import load_target
+            from workbench.vana.target import load_target
 
             load_target(config.target)  # so does a bad target file (preflight comes later)
         self.local: Any = None  # the LocalStack this run started: fault actions act on it
@@ -180,7 +180,7 @@ class Runner:
         if self.target is not None:
             return self.target
         if self.cfg.target != "local":  # every endpoint checked before any wallet is funded
-            from workbench.preflight import checked_target
+            from workbench.driver.preflight import checked_target
 
             return await checked_target(self.cfg.target, self.console.say)
         from workbench.stack.local import LocalStack
@@ -206,7 +206,7 @@ class Runner:
                 await wallets.fund(w3, wallets.funder_key(target.funder_key), ws.addresses)
             await wallets.require_funded(w3, ws.addresses)
         finally:
-            from workbench.chain import close_web3
+            from workbench.vana.chain import close_web3
 
             await close_web3(w3)
         self.console.say("✅ All wallets have sufficient funding")
@@ -215,7 +215,7 @@ class Runner:
         return ws
 
     def _sampler(self, target: Target):
-        from workbench.sampler import LoopLagProbe, Sampler
+        from workbench.driver.sampler import LoopLagProbe, Sampler
 
         self.console.say("📊 Starting metrics collection...")
         ep = target.endpoints
@@ -375,7 +375,7 @@ class Runner:
 
 
 def _web3(target: Target):
-    from workbench.chain import make_web3
+    from workbench.vana.chain import make_web3
 
     return make_web3(target.endpoints.rpc_url)
 
@@ -403,7 +403,7 @@ async def run(
     """Runs `config` and (by default) renders the report; returns where the results are."""
     outcome = await Runner(config, target, progress=progress, out=out).execute()
     if report:
-        from workbench.report import render
+        from workbench.analysis.report import render
 
         render(outcome.results_dir, secrets=outcome.wallets)
     return outcome
@@ -417,22 +417,3 @@ async def _until_signalled(work: Any) -> Any:
         return await work
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-
-
-def run_command(args: Any) -> int:
-    """`python -m workbench run …`."""
-    config = RunConfig.from_cli(args, params_file=args.params)
-    try:
-        outcome = asyncio.run(_until_signalled(run(config, report=not args.no_report)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        results = config.results_dir()
-        print(f"\n⏹  Interrupted: in-flight flows recorded as cancelled in {results}")
-        print(f"   Render the partial results: python -m workbench report {results}")
-        return 130
-    print(f"📁 Results: {outcome.results_dir}")
-    if not args.no_report:
-        summary = json.loads((outcome.results_dir / "summary.json").read_text())
-        print(f"📄 Report: {outcome.results_dir / 'report.html'}  verdict: {summary['verdict']}")
-        if config.fail_on_criteria and summary["verdict"] != "PASSED":
-            return 1
-    return 0

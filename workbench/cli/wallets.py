@@ -7,7 +7,7 @@ from argparse import Namespace
 
 from eth_account import Account
 
-from workbench import wallets
+from workbench.driver import wallets
 from workbench.errors import WorkbenchError
 
 
@@ -31,7 +31,7 @@ def wallets_command(args: Namespace) -> int:
 
 
 async def _on_chain(args: Namespace) -> int:
-    from workbench.chain import close_web3, make_web3
+    from workbench.vana.chain import close_web3, make_web3
 
     ws = wallets.load(args.wallet_file, args.count)
     target_wei = int(args.amount_eth * 10**18)
@@ -61,8 +61,8 @@ async def _on_chain(args: Namespace) -> int:
 
 async def _funder(w3) -> str:
     """The environment's funder key; on a local anvil chain, anvil's public dev account 0."""
-    from workbench.chain import chain_id
     from workbench.stack.anvil import CHAIN_ID, dev_key
+    from workbench.vana.chain import chain_id
 
     local = dev_key(0) if await chain_id(w3) == CHAIN_ID else None
     return wallets.funder_key(local)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from workbench import analysis
+from workbench.analysis.results import load_results
 
 ALPHA = 0.05
 
@@ -55,7 +55,7 @@ def success_shift(ok_a: int, n_a: int, ok_b: int, n_b: int) -> dict[str, Any]:
 
 def compare(dir_a: str | Path, dir_b: str | Path) -> pd.DataFrame:
     """One row for the whole flow and one per step: medians, ratio b/a, p-value, verdict."""
-    ra, rb = analysis.load_results(dir_a), analysis.load_results(dir_b)
+    ra, rb = load_results(dir_a), load_results(dir_b)
     rows = [{"what": "flow", **latency_shift(_ok(ra.flows), _ok(rb.flows))}]
     for step in _steps_in_order(ra.steps, rb.steps):
         rows.append({"what": step, **latency_shift(_ok(ra.steps, step), _ok(rb.steps, step))})
@@ -63,7 +63,7 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> pd.DataFrame:
 
 
 def success(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:
-    ra, rb = analysis.load_results(dir_a), analysis.load_results(dir_b)
+    ra, rb = load_results(dir_a), load_results(dir_b)
     fa, fb = _decided(ra.flows), _decided(rb.flows)
     return success_shift(int(fa["ok"].sum()), len(fa), int(fb["ok"].sum()), len(fb))
 

@@ -6,7 +6,7 @@ key, so it can be written into `config.json` and reports as is.
 Remote targets are YAML files (`params/targets/<name>.yaml`, or any path): chain id, RPC URLs,
 the four contract addresses, the app's API server, the personal server, storage and the grantee
 id. `load_target` checks the file's shape (every mistake names the file, the key and the fix);
-`workbench.preflight` then checks that each endpoint answers as the file says.
+`workbench.driver.preflight` then checks that each endpoint answers as the file says.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import yaml
 from eth_utils import is_checksum_address, to_checksum_address
 
 from workbench.errors import WorkbenchError
+from workbench.params import PROJECT_ROOT
 from workbench.secrets import HEX64, looks_like_mnemonic
 
 CONTRACT_NAMES = (
@@ -109,7 +110,7 @@ class Target:
 
 # --------------------------------------------------------------------------- target files
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "params" / "targets"
+TARGETS_DIR = PROJECT_ROOT / "params" / "targets"
 URL_KEYS = ("api_url", "personal_server_url", "storage_url")
 REQUIRED_KEYS = ("chain_id", "rpc_urls", "contracts", *URL_KEYS, "grantee_id")
 OPTIONAL_KEYS = ("name", "description", "storage_kind", "funder_key_env")

@@ -20,10 +20,10 @@ from eth_account import Account
 from eth_account.hdaccount import generate_mnemonic, key_from_seed, seed_from_mnemonic
 from eth_account.types import Language
 
-from workbench import chain
+from workbench.driver.flow import Wallet
 from workbench.errors import WorkbenchError
-from workbench.flow import Wallet
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
+from workbench.vana import chain
 
 WALLET_FILE_ENV = "WORKBENCH_WALLET_FILE"
 FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"

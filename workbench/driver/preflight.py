@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 
 from workbench.errors import WorkbenchError
-from workbench.permission import DOMAIN_NAME, DOMAIN_VERSION
-from workbench.target import CONTRACT_NAMES, ZERO_ADDRESS, Target, load_target
+from workbench.vana.permission import DOMAIN_NAME, DOMAIN_VERSION
+from workbench.vana.target import CONTRACT_NAMES, ZERO_ADDRESS, Target, load_target
 
 PROBE_ADDRESS = "0x000000000000000000000000000000000000dEaD"  # any user works for /identity
 DEFAULT_TIMEOUT_S = 10.0
@@ -293,7 +293,7 @@ async def _chain(
                 "fix the RPC items above first",
             )
         ]
-    from workbench.chain import close_web3, make_web3
+    from workbench.vana.chain import close_web3, make_web3
 
     w3 = make_web3(rpc_url, timeout_s=timeout_s)
     try:
@@ -393,21 +393,3 @@ def _funder(target: Target) -> Check:
         "--fund`",
         required=False,
     )
-
-
-def preflight_command(target: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
-    """`python -m workbench preflight TARGET`: exit 0 when ready, 1 listing every problem."""
-    if target == "local":
-        raise WorkbenchError(
-            "target", "local needs no preflight", "a run starts and checks its own stack"
-        )
-    loaded = load_target(target)  # a malformed file raises: exit 2 with its message
-    report = asyncio.run(preflight(loaded, timeout_s))
-    print(f"🔎 Preflight of target {loaded.name} ({loaded.source}), {report.duration_s:.1f} s")
-    for line in report.lines():
-        print(f"   {line}")
-    if report.ok:
-        print(f"✅ Target {loaded.name} is ready")
-        return 0
-    print(f"❌ {len(report.problems)} problem(s): fix them in {loaded.source} and run again")
-    return 1

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROFILES_DIR, PROJECT_ROOT, load_profile, profile_names
+from workbench.params import PROFILES_DIR, PROJECT_ROOT, load_profile, profile_names
 
 PARAMS_DIR = PROJECT_ROOT / "params"
 TARGETS_DIR = PARAMS_DIR / "targets"

@@ -2,12 +2,11 @@
 
 With `--json` it prints exactly one line, the endpoints as `Endpoints.to_json()`, for scripts
 and other-language clients; otherwise an aligned listing for a person. Wired by the lead into
-`python -m workbench stack up`; also `python -m workbench.stack.cli up [--profile P] [--json]`.
+`python -m workbench stack up`; also `python -m workbench.cli.stack up [--profile P] [--json]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -73,17 +72,3 @@ def _render(stack: LocalStack, json_out: bool) -> str:
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     lines.append("Ctrl-C to stop")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.stack.cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the local stack and keep it running")
-    up.add_argument("--profile", default="fast", help="fast | moksha | a profile YAML path")
-    up.add_argument("--json", action="store_true", help="print one JSON line of endpoints")
-    args = parser.parse_args(argv)
-    return stack_up(args.profile, args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

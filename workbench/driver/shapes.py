@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from workbench.config import DATA_SIZES, SHAPES
+from workbench.driver.config import DATA_SIZES, SHAPES
 
 if TYPE_CHECKING:
-    from workbench.config import RunConfig
+    from workbench.driver.config import RunConfig
 
 Rng = np.random.Generator | random.Random
 

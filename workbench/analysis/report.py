@@ -13,14 +13,12 @@ render leaves no partial report behind.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,13 @@ import jinja2
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from workbench import analysis, plots
-from workbench import criteria as crit
+from workbench.analysis import criteria as crit
+from workbench.analysis import plots
+from workbench.analysis.results import Results, load_results
+from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
 from workbench.events import STEPS
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 from workbench.secrets import (
     HEX64,
     env_secrets,
@@ -77,7 +77,9 @@ def _wallet_secrets(config: Mapping[str, Any]) -> list[str]:
     path = config.get("wallet_file") or os.environ.get("WORKBENCH_WALLET_FILE")
     if not path or not Path(path).is_file():
         return []  # rendered elsewhere: the heuristic and the runner's keys still apply
-    from workbench import wallets  # eth_account is slow to import; only when a file is at hand
+    from workbench.driver import (
+        wallets,  # eth_account is slow to import; only when a file is at hand
+    )
 
     users = config.get("users")
     try:
@@ -158,17 +160,17 @@ def render(
     `criteria_path` defaults to the criteria file recorded in config.json, then to ms03.
     `secrets` adds keys to refuse (the runner passes its wallets') to `known_secrets()`."""
     results_dir = Path(results_dir)
-    results = analysis.load_results(results_dir)
+    results = load_results(results_dir)
     all_secrets = [*(secrets or ()), *known_secrets(results.config)]
     inputs = [results_dir / name for name in ("config.json", "events.jsonl", "samples.csv")]
     refuse_secrets(inputs, all_secrets)  # a leaky run must not become a shareable report
     criteria, criteria_note = _criteria(criteria_path, results.config)
-    summary = analysis.summarize(results, criteria)
+    summary = summarize(results, criteria)
     stage = results_dir / f".render-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     try:
         stage.mkdir(parents=True)
-        analysis.write_summary(stage, summary)
+        write_summary(stage, summary)
         figures = plots.save_all(results, summary, summary["criteria"], stage / "figures")
         notebook = build_notebook(results, summary, figures, criteria_note)
         (stage / "report.html").write_text(export_html(notebook), encoding="utf-8")
@@ -218,16 +220,16 @@ def _resolve(path: str | Path) -> Path:
 
 def console_text(
     results_dir: str | Path,
-    results: analysis.Results | None = None,
+    results: Results | None = None,
     summary: Mapping[str, Any] | None = None,
 ) -> str:
     """The milestone's expected output, filled in from the run: setup lines where known, a
     sample of per-user lines, Performance Results, Resource Usage and the verdict line."""
-    results = results or analysis.load_results(results_dir)
+    results = results or load_results(results_dir)
     if summary is None:
         path = Path(results_dir) / "summary.json"
         summary = json.loads(path.read_text("utf-8")) if path.is_file() else None
-        summary = summary or analysis.summarize(results)
+        summary = summary or summarize(results)
     title = summary.get("criteria_title") or "Milestone 3: Multi-User Validation"
     lines = [f"🚀 Starting {title}", ""]
     lines += _setup_lines(results, summary)
@@ -237,7 +239,7 @@ def console_text(
     return "\n".join(lines)
 
 
-def _setup_lines(results: analysis.Results, summary: Mapping[str, Any]) -> list[str]:
+def _setup_lines(results: Results, summary: Mapping[str, Any]) -> list[str]:
     cfg, users = results.config, summary.get("users")
     lines = [f"👥 Setting up {users} concurrent users..."]
     wallets = cfg.get("wallet_addresses")
@@ -341,7 +343,7 @@ def _seconds(value: Any) -> str:
     return "n/a" if value is None else f"{value:.1f} seconds"
 
 
-def _resource_lines(results: analysis.Results, s: Mapping[str, Any]) -> list[str]:
+def _resource_lines(results: Results, s: Mapping[str, Any]) -> list[str]:
     net = (s.get("network") or {}).get("total_bytes")
     fds = peak_fds(results.samples)
     peak, cpu = s.get("peak_rss_mb"), s.get("avg_cpu_pct")
@@ -449,7 +451,7 @@ def _ms(seconds: Any) -> str:
     return "–" if seconds is None else plots.secs(seconds)
 
 
-def error_table_html(results: analysis.Results) -> str:
+def error_table_html(results: Results) -> str:
     """One row per error class and failed step: flows, component at fault, an example message."""
     bad = results.flows[results.flows["status"] != "ok"]
     if bad.empty:
@@ -547,7 +549,7 @@ def faults_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def build_notebook(
-    results: analysis.Results,
+    results: Results,
     summary: Mapping[str, Any],
     figures: Sequence[Path],
     criteria_note: str = "",
@@ -705,24 +707,3 @@ def export_html(notebook: nbformat.NotebookNode) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m workbench report DIR [--criteria FILE]`: renders again, prints the path."""
-    p = argparse.ArgumentParser(prog="python -m workbench report", description=main.__doc__)
-    p.add_argument("results_dir")
-    p.add_argument("--criteria", help="judge against another criteria file")
-    args = p.parse_args(argv)
-    try:
-        path = render(args.results_dir, args.criteria)
-    except WorkbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
-    print(path)  # stdout is just the path, for scripts; the verdict goes to stderr
-    print(f"verdict: {summary['outcome']}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

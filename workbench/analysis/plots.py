@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from workbench import analysis
+from workbench.analysis import stats
+from workbench.analysis.results import COMPONENT_ORDER, Results
 from workbench.events import STEPS
 
 DPI = 110
@@ -99,7 +100,7 @@ def secs(value: float | None) -> str:
     return f"{value:.2f} s" if abs(value) < 10 else f"{value:.1f} s"
 
 
-def _ok_durations(results: analysis.Results) -> np.ndarray:
+def _ok_durations(results: Results) -> np.ndarray:
     flows = results.flows
     return flows.loc[flows["ok"], "duration_s"].dropna().to_numpy(dtype=float)
 
@@ -121,7 +122,7 @@ def _thresholds(criteria_rows: Sequence[Mapping[str, Any]] | None, metric: str) 
 
 
 def latency_histogram(
-    results: analysis.Results,
+    results: Results,
     summary: Mapping[str, Any] | None = None,
     criteria_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> Figure:
@@ -213,9 +214,9 @@ def _draw_thresholds(ax, criteria_rows, reach: float) -> list[str]:
 # ----------------------------------------------------------------------------- steps
 
 
-def step_breakdown(results: analysis.Results) -> Figure:
+def step_breakdown(results: Results) -> Figure:
     """Per step, in flow order: p50 and p95 of ok steps as bars, failures noted."""
-    table = analysis.step_breakdown(results.steps)
+    table = stats.step_breakdown(results.steps)
     fig = _figure(9.5, 1.6 + 0.38 * max(len(table), 1))
     title = "Step latency (ok steps)"
     if table.empty or table["p50"].isna().all():
@@ -250,7 +251,7 @@ def step_breakdown(results: analysis.Results) -> Figure:
 # ----------------------------------------------------------------------------- timeline
 
 
-def timeline(results: analysis.Results, bin_s: float | None = None) -> Figure:
+def timeline(results: Results, bin_s: float | None = None) -> Figure:
     """Flows in flight and completed flows per minute over time; driver loop lag if sampled."""
     flows, samples = results.flows, results.samples
     lag = _metric(samples, "driver", "loop_lag_ms") if not samples.empty else pd.Series()
@@ -259,13 +260,13 @@ def timeline(results: analysis.Results, bin_s: float | None = None) -> Figure:
     if flows.empty:
         return _empty(fig, "Concurrency and throughput", "no flows")
     axes = fig.subplots(rows, 1, sharex=True)
-    conc = analysis.concurrency(flows)
+    conc = stats.concurrency(flows)
     axes[0].step(conc["t"], conc["in_flight"], where="post", color="#1f77b4")
     axes[0].fill_between(conc["t"], conc["in_flight"], step="post", alpha=0.15)
     axes[0].set_ylabel("flows in flight")
     axes[0].set_title(f"Concurrency (peak {int(conc['in_flight'].max())}) and throughput")
     bin_s = bin_s or _throughput_bin(flows)
-    _throughput_bars(axes[1], analysis.throughput(flows, bin_s), bin_s)
+    _throughput_bars(axes[1], stats.throughput(flows, bin_s), bin_s)
     if rows == 3:
         axes[2].plot(lag.index, lag.to_numpy(), color="#9467bd", lw=1)
         axes[2].set_ylabel("loop lag (ms)")
@@ -319,9 +320,7 @@ def _throughput_bars(ax, thr: pd.DataFrame, bin_s: float) -> None:
 # ----------------------------------------------------------------------------- resources
 
 
-def resources(
-    results: analysis.Results, criteria_rows: Sequence[Mapping[str, Any]] | None = None
-) -> Figure:
+def resources(results: Results, criteria_rows: Sequence[Mapping[str, Any]] | None = None) -> Figure:
     """Small multiples: system CPU and network, then per process CPU %, RSS and sockets/files."""
     samples = results.samples
     comps = _process_components(samples)
@@ -342,7 +341,7 @@ def resources(
 def _process_components(samples: pd.DataFrame) -> list[str]:
     present = set(samples.loc[samples["metric"].isin(PROCESS_METRICS), "component"])
     present.discard("system")
-    order = [c for c in analysis.COMPONENT_ORDER if c in present]
+    order = [c for c in COMPONENT_ORDER if c in present]
     return order + sorted(present - set(order))
 
 
@@ -436,7 +435,7 @@ def _peak_title(label: str, series: pd.Series, unit: str) -> str:
 # ----------------------------------------------------------------------------- errors
 
 
-def errors(results: analysis.Results) -> Figure:
+def errors(results: Results) -> Figure:
     """Flows that did not succeed, by error class (with the component at fault) and by step."""
     flows = results.flows
     bad = flows[flows["status"] != "ok"]
@@ -477,13 +476,13 @@ def errors(results: analysis.Results) -> Figure:
 # ----------------------------------------------------------------------------- capacity
 
 
-def capacity_curve(results: analysis.Results | pd.DataFrame, knee: int | None = None) -> Figure:
+def capacity_curve(results: Results | pd.DataFrame, knee: int | None = None) -> Figure:
     """For a `steps` run: throughput and p95 against users, the knee marked (gid `knee`).
 
-    Takes a Results, or a curve already computed by `analysis.capacity_curve` (with its knee;
+    Takes a Results, or a curve already computed by `stats.capacity_curve` (with its knee;
     computed here when None)."""
     is_curve = isinstance(results, pd.DataFrame) and "throughput_per_min" in results
-    curve = results if is_curve else analysis.capacity_curve(results)
+    curve = results if is_curve else stats.capacity_curve(results)
     fig = _figure(9, 4.8)
     title = "Capacity curve"
     if curve.empty:
@@ -503,7 +502,7 @@ def capacity_curve(results: analysis.Results | pd.DataFrame, knee: int | None = 
     ax2.plot(curve["users"], curve["p95_s"], "s--", color=PCT_COLORS["p95"], label="p95 (s)")
     ax2.set_ylabel("p95 flow duration (s)", color=PCT_COLORS["p95"])
     ax2.set_ylim(bottom=0)
-    knee = analysis.knee(curve) if knee is None else knee
+    knee = stats.knee(curve) if knee is None else knee
     if knee is not None:
         ax.axvline(knee, color=FAIL_COLOR, ls=":", lw=2, gid="knee", label=f"knee at {knee} users")
     handles = ax.get_legend_handles_labels()
@@ -517,7 +516,7 @@ def capacity_curve(results: analysis.Results | pd.DataFrame, knee: int | None = 
 
 
 def save_all(
-    results: analysis.Results,
+    results: Results,
     summary: Mapping[str, Any] | None,
     criteria_rows: Sequence[Mapping[str, Any]] | None,
     figures_dir: str | Path,
@@ -532,7 +531,7 @@ def save_all(
         "resources": lambda: resources(results, criteria_rows),
         "errors": lambda: errors(results),
     }
-    if not analysis.capacity_curve(results).empty:
+    if not stats.capacity_curve(results).empty:
         builders["capacity_curve"] = lambda: capacity_curve(results)
     paths = []
     for name, build in builders.items():

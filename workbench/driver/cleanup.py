@@ -151,11 +151,3 @@ def _config(results_dir: Path) -> dict[str, Any]:
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
-
-
-def cleanup_command(results_dir: str) -> int:
-    """`python -m workbench cleanup DIR`: exit 0 when nothing is left, 1 if some removal failed."""
-    result = asyncio.run(cleanup(results_dir))
-    for line in result.lines():
-        print(line)
-    return 1 if result.failed else 0

@@ -8,8 +8,8 @@ from typing import Any
 
 from eth_account import Account
 
-from workbench.flow import FlowSettings, Wallet, flow_context, run_flow
-from workbench.shapes import make_user_data
+from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.shapes import make_user_data
 
 
 async def one_flow(profile: str = "fast") -> dict[str, Any]:

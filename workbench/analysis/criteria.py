@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from workbench.errors import WorkbenchError
-from workbench.profiles import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT
 
 CRITERIA_DIR = PROJECT_ROOT / "params" / "criteria"
 DEFAULT_CRITERIA = "ms03"

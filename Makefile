@@ -32,9 +32,11 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The same checks as .pre-commit-config.yaml: ruff (lint + format) and mypy on workbench/.
 lint: setup
 	$(BIN)/ruff check workbench tests benchmarks
 	$(BIN)/ruff format --check workbench tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/flow.py

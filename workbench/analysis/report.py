@@ -27,13 +27,13 @@ import jinja2
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from workbench import params
 from workbench.analysis import criteria as crit
 from workbench.analysis import plots
 from workbench.analysis.results import Results, load_results
 from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
 from workbench.events import STEPS
-from workbench.params import PROJECT_ROOT
 from workbench.secrets import (
     HEX64,
     env_secrets,
@@ -194,25 +194,16 @@ def _criteria(
 ) -> tuple[crit.Criteria, str]:
     """The criteria to judge by, and a note for the report when the recorded file is gone."""
     if criteria_path is not None:
-        return crit.load_criteria(_resolve(criteria_path)), ""
+        return crit.load_criteria(criteria_path), ""
     recorded = config.get("criteria")
     if recorded:
-        path = _resolve(recorded)
-        if path.is_file() or not Path(str(recorded)).suffix:
-            try:
-                return crit.load_criteria(path), ""
-            except WorkbenchError:
-                pass
+        try:  # config.json records a name or a project-relative path
+            return crit.load_criteria(params.stored_path(str(recorded), "criteria")), ""
+        except WorkbenchError:
+            pass
         note = f"The run's criteria file {recorded!r} is not available here; judged by ms03."
         return crit.load_criteria(crit.DEFAULT_CRITERIA), note
     return crit.load_criteria(crit.DEFAULT_CRITERIA), ""
-
-
-def _resolve(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.suffix or path.is_absolute() or path.exists():
-        return path
-    return PROJECT_ROOT / path  # config.json records paths relative to the project root
 
 
 # --------------------------------------------------------------------------- text sections

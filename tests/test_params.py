@@ -103,7 +103,9 @@ def test_bad_files_name_the_file_and_what_it_should_contain(tmp_path, kind, text
 
 
 @pytest.mark.parametrize(
-    "loader", [params.load_profile, load_criteria, load_faults, load_target], ids=lambda f: f.__name__
+    "loader",
+    [params.load_profile, load_criteria, load_faults, load_target],
+    ids=lambda f: f.__name__,
 )
 def test_every_loader_refuses_an_empty_file_naming_it(tmp_path, loader):
     path = write(tmp_path / "empty.yaml", "")

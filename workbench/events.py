@@ -23,38 +23,6 @@ from typing import Any
 
 from workbench.secrets import Redactor, env_secrets
 
-# The flow's steps, in order, named as in the Vana reference.
-STEPS = (
-    "derive_key",
-    "encrypt",
-    "upload_file",
-    "resolve_grantee",
-    "upload_grant",
-    "server_identity",
-    "share_key",
-    "read_nonce",
-    "sign_permission",
-    "relay",
-    "confirm",
-    "inference_submit",
-    "inference_poll",
-)
-
-# Failure classes a failed step or flow may carry (`error_class`).
-ERROR_CLASSES = (
-    "storage",
-    "rpc",
-    "http",
-    "nonce",
-    "relay",
-    "revert",
-    "timeout",
-    "inference",
-    "crypto",
-    "cancelled",
-    "internal",
-)
-
 FLOW_STATUSES = ("ok", "failed", "cancelled")
 
 

@@ -33,7 +33,6 @@ from workbench.analysis import plots
 from workbench.analysis.results import Results, load_results
 from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
-from workbench.events import STEPS
 from workbench.secrets import (
     HEX64,
     env_secrets,
@@ -41,6 +40,7 @@ from workbench.secrets import (
     phrase_pattern,
     secret_label,
 )
+from workbench.steps import fault_component, in_flow_order, step_component
 
 OUTPUTS = ("summary.json", "criteria.csv", "report.html")
 FIGURE_CAPTIONS = {
@@ -423,16 +423,15 @@ def _badge(text: str) -> str:
 
 def step_table_html(summary: Mapping[str, Any]) -> str:
     stats = summary.get("step_stats") or {}
-    order = [s for s in STEPS if s in stats] + sorted(set(stats) - set(STEPS))
     rows = [
         [
             step,
             stats[step].get("n"),
             stats[step].get("failed"),
             *(_ms(stats[step].get(k)) for k in ("mean", "p50", "p95", "p99", "max")),
-            plots.STEP_COMPONENT.get(step, ""),
+            step_component(step),
         ]
-        for step in order
+        for step in in_flow_order(stats)
     ]
     headers = ("Step", "Attempts", "Failed", "Mean", "p50", "p95", "p99", "Max", "Served by")
     return _table(headers, rows, "wb-steps")
@@ -456,7 +455,7 @@ def error_table_html(results: Results) -> str:
                 cls,
                 step,
                 len(group),
-                plots.fault_component(cls, step),
+                fault_component(cls, step),
                 (example.iloc[0][:120] if len(example) else ""),
             ]
         )

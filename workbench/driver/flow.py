@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from workbench.events import Clock
+from workbench.steps import step_class
 from workbench.vana import chain, crypto, permission
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
@@ -34,26 +35,9 @@ TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses of an operation that is still running on the personal server.
 RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
 
-# Which component a failed step blames when the failure is not more specific.
-STEP_CLASS = {
-    "derive_key": "crypto",
-    "encrypt": "crypto",
-    "share_key": "crypto",
-    "sign_permission": "crypto",
-    "upload_file": "storage",
-    "upload_grant": "storage",
-    "resolve_grantee": "rpc",
-    "read_nonce": "rpc",
-    "server_identity": "http",
-    "relay": "relay",
-    "confirm": "rpc",
-    "inference_submit": "inference",
-    "inference_poll": "inference",
-}
-
 
 class FlowError(Exception):
-    """A step failed; `error_class` names the kind of failure (see events.ERROR_CLASSES)."""
+    """A step failed; `error_class` names the kind of failure (see `workbench.steps`)."""
 
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
@@ -483,8 +467,8 @@ def classify(step: str, exc: BaseException) -> str:
             if exc.status in (409, 422) or "revert" in text:
                 return "revert"
             return "relay"
-        return STEP_CLASS.get(step, "http")
-    return STEP_CLASS.get(step, "internal")
+        return step_class(step, unknown="http")
+    return step_class(step, unknown="internal")
 
 
 def _grantee_address(grantee: Any) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from workbench import params
 from workbench.errors import WorkbenchError
+from workbench.events import Emit, FaultActionName, fault_event
 
 log = logging.getLogger("workbench.stack.faults")
 RESTARTABLE = ("api", "personal", "storage")
@@ -71,7 +71,7 @@ class FaultAction:
     """One timed action of the schedule: kill/restart a component, stall/resume the chain."""
 
     at_s: float
-    action: str  # kill | restart | stall | resume
+    action: FaultActionName  # kill | restart | stall | resume
     component: str  # api | personal | storage | anvil
 
 
@@ -301,8 +301,8 @@ class FaultSchedule:
     until `stop()`; arms the RPC proxy for that window.
 
     `stack` is a `LocalStack` (kill, restart, stall_chain, resume_chain, set_rpc_faults). Each
-    action becomes an event `{"kind": "fault", "t", "wall", "action", "component", ...}` for the
-    report's timeline; `t` is when the action began, on the run's clock.
+    action becomes a `workbench.events.FaultEvent` for the report's timeline; `t` is when the
+    action began, on the run's clock.
     """
 
     def __init__(
@@ -310,7 +310,7 @@ class FaultSchedule:
         plan: FaultPlan,
         stack: Any,
         clock: Any,
-        emit: Callable[[dict[str, Any]], None] | None = None,
+        emit: Emit | None = None,
         on_pid: Callable[[str, int], None] | None = None,
     ):
         self.plan, self.stack, self.clock = plan, stack, clock
@@ -375,14 +375,5 @@ class FaultSchedule:
         await (self.stack.stall_chain() if action.action == "stall" else self.stack.resume_chain())
         return {}
 
-    def _event(self, action: str, component: str, t: float, **facts: Any) -> None:
-        event = {
-            "kind": "fault",
-            "t": round(t, 6),
-            "wall": time.time(),
-            "action": action,
-            "component": component,
-            "duration_s": round(self.clock.now() - t, 6),
-            **facts,
-        }
-        self.emit(event)
+    def _event(self, action: FaultActionName, component: str, t: float, **facts: Any) -> None:
+        self.emit(fault_event(action, component, t, self.clock.now() - t, **facts))

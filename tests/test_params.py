@@ -146,3 +146,9 @@ def test_run_parameters_name_the_empty_file_behind_them(tmp_path, field, kind):
     assert err.value.field == field
     assert f"{path.resolve()} is empty" in err.value.problem
     assert params.KINDS[kind].contents in err.value.fix
+
+
+def test_a_missing_path_is_quoted_as_typed(tmp_path):
+    with pytest.raises(WorkbenchError) as err:
+        params.resolve(tmp_path / "none.yaml", "params")
+    assert err.value.problem == f"no params file {str(tmp_path / 'none.yaml')!r}"

@@ -131,7 +131,8 @@ def resolve(value: Any, kind: str) -> Path:
         candidates = []
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise WorkbenchError(spec.field, f"no {spec.noun} {value!r}", _known(kind))
+        given = text if isinstance(value, str | Path) else value  # 'x', not PosixPath('x')
+        raise WorkbenchError(spec.field, f"no {spec.noun} {given!r}", _known(kind))
     return found
 
 

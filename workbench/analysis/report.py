@@ -27,13 +27,12 @@ import jinja2
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from workbench import params
 from workbench.analysis import criteria as crit
 from workbench.analysis import plots
 from workbench.analysis.results import Results, load_results
 from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
-from workbench.events import STEPS
-from workbench.params import PROJECT_ROOT
 from workbench.secrets import (
     HEX64,
     env_secrets,
@@ -41,6 +40,7 @@ from workbench.secrets import (
     phrase_pattern,
     secret_label,
 )
+from workbench.steps import fault_component, in_flow_order, step_component
 
 OUTPUTS = ("summary.json", "criteria.csv", "report.html")
 FIGURE_CAPTIONS = {
@@ -194,25 +194,16 @@ def _criteria(
 ) -> tuple[crit.Criteria, str]:
     """The criteria to judge by, and a note for the report when the recorded file is gone."""
     if criteria_path is not None:
-        return crit.load_criteria(_resolve(criteria_path)), ""
+        return crit.load_criteria(criteria_path), ""
     recorded = config.get("criteria")
     if recorded:
-        path = _resolve(recorded)
-        if path.is_file() or not Path(str(recorded)).suffix:
-            try:
-                return crit.load_criteria(path), ""
-            except WorkbenchError:
-                pass
+        try:  # config.json records a name or a project-relative path
+            return crit.load_criteria(params.stored_path(str(recorded), "criteria")), ""
+        except WorkbenchError:
+            pass
         note = f"The run's criteria file {recorded!r} is not available here; judged by ms03."
         return crit.load_criteria(crit.DEFAULT_CRITERIA), note
     return crit.load_criteria(crit.DEFAULT_CRITERIA), ""
-
-
-def _resolve(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.suffix or path.is_absolute() or path.exists():
-        return path
-    return PROJECT_ROOT / path  # config.json records paths relative to the project root
 
 
 # --------------------------------------------------------------------------- text sections
@@ -432,16 +423,15 @@ def _badge(text: str) -> str:
 
 def step_table_html(summary: Mapping[str, Any]) -> str:
     stats = summary.get("step_stats") or {}
-    order = [s for s in STEPS if s in stats] + sorted(set(stats) - set(STEPS))
     rows = [
         [
             step,
             stats[step].get("n"),
             stats[step].get("failed"),
             *(_ms(stats[step].get(k)) for k in ("mean", "p50", "p95", "p99", "max")),
-            plots.STEP_COMPONENT.get(step, ""),
+            step_component(step),
         ]
-        for step in order
+        for step in in_flow_order(stats)
     ]
     headers = ("Step", "Attempts", "Failed", "Mean", "p50", "p95", "p99", "Max", "Served by")
     return _table(headers, rows, "wb-steps")
@@ -465,7 +455,7 @@ def error_table_html(results: Results) -> str:
                 cls,
                 step,
                 len(group),
-                plots.fault_component(cls, step),
+                fault_component(cls, step),
                 (example.iloc[0][:120] if len(example) else ""),
             ]
         )

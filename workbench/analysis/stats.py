@@ -38,11 +38,8 @@ from hdrh.histogram import HdrHistogram
 from scipy import stats
 
 from workbench.analysis.results import COMPONENT_ORDER, Results
-from workbench.events import STEPS
+from workbench.steps import API_STEPS, BY_STEP_CLASSES, UPLOAD_STEPS, in_flow_order
 
-UPLOAD_STEPS = ("upload_file", "upload_grant")
-API_STEPS = ("relay", "inference_submit", "inference_poll")
-API_ERROR_CLASSES = ("http", "timeout")
 MIN_TREND_SPAN_S = 30.0  # shortest steady span whose RSS slope means anything
 WARMUP_FRAC = 0.2
 QUANTILES = {"p50": 50, "p95": 95, "p99": 99}
@@ -134,8 +131,7 @@ def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:
     quantiles = lat.quantile([0.5, 0.95, 0.99]).unstack()  # pandas' linear == numpy's default
     quantiles.columns = ["p50", "p95", "p99"]
     table = counts.join(lat.mean().rename("mean")).join(quantiles).join(lat.max().rename("max"))
-    order = [s for s in STEPS if s in table.index] + sorted(set(table.index) - set(STEPS))
-    return table.loc[order, cols].rename_axis("step")
+    return table.loc[in_flow_order(table.index), cols].rename_axis("step")
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -263,7 +259,7 @@ def api_errors(steps_df: pd.DataFrame, samples_df: pd.DataFrame) -> dict[str, An
     failed = steps_df[
         steps_df["step"].isin(API_STEPS)
         & ~steps_df["ok"]
-        & steps_df["error_class"].isin(API_ERROR_CLASSES)
+        & steps_df["error_class"].isin(BY_STEP_CLASSES)  # the API server's, not the chain's
     ]
     api = samples_df[samples_df["component"] == "api"]
     crashes = None

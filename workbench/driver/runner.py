@@ -16,6 +16,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
 from workbench.errors import WorkbenchError
-from workbench.events import Clock, EventWriter
+from workbench.events import Clock, Event, EventWriter, FlowEvent, RunMarkName, run_mark
 from workbench.params import load_profile
 from workbench.stack.faults import load_faults
 from workbench.vana.target import Target
@@ -64,7 +65,7 @@ class Console:
                 total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5
             )
 
-    def flow_done(self, event: dict[str, Any]) -> None:
+    def flow_done(self, event: FlowEvent) -> None:
         self.ok += bool(event["ok"])
         if self.bar is not None:
             self.bar.update(1)
@@ -79,7 +80,7 @@ class Console:
             self.bar = None
 
 
-def user_line(event: dict[str, Any]) -> str:
+def user_line(event: Mapping[str, Any]) -> str:
     """`[User 03] ✅ Flow completed in 43.8s`, as the milestone's expected output."""
     who = f"[User {event['user'] + 1:02d}]"
     if event["ok"]:
@@ -299,15 +300,7 @@ class Runner:
         try:  # open model: an arrival takes a free wallet and never waits for one
             return self.free.get_nowait()
         except asyncio.QueueEmpty:
-            self._emit(
-                {
-                    "kind": "run",
-                    "event": "dropped",
-                    "t": round(self.clock.now(), 6),
-                    "wall": time.time(),
-                    "reason": "no free wallet",
-                }
-            )
+            self._mark("dropped", reason="no free wallet")
             return None
 
     async def _one_flow(self, ctx: FlowContext, wallet: Wallet, launch: Any) -> None:
@@ -340,20 +333,11 @@ class Runner:
         if self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: Event) -> None:
         self.writer.write(event)
 
-    def _mark(self, what: str, **facts: Any) -> None:
-        self._emit(
-            {
-                "kind": "run",
-                "event": what,
-                "t": round(self.clock.now(), 6),
-                "wall": time.time(),
-                "run_id": self.cfg.run_id,
-                **facts,
-            }
-        )
+    def _mark(self, what: RunMarkName, **facts: Any) -> None:
+        self._emit(run_mark(what, self.clock.now(), str(self.cfg.run_id), **facts))
 
     def _write_config(self, target: Target, ws: wallets.WalletSet) -> None:
         doc = {

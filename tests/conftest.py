@@ -8,12 +8,14 @@ Dev-account use on the shared `anvil` chain (see docs/ARCHITECTURE.md "Local key
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jsinterop import run_node
 from web3 import AsyncWeb3
 
 from workbench.params import PROJECT_ROOT
@@ -21,8 +23,9 @@ from workbench.stack.anvil import dev_address, dev_key, start_anvil, wait_ready
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
 from workbench.vana.chain import close_web3, make_web3
+from workbench.vana.contracts import CONTRACT_NAMES
 
-REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
+SDK_PACKAGE = "@opendatalabs/vana-sdk"  # Vana's SDK: the reference for our contracts' ABIs
 APP_PUBLIC_KEY = "04" + "11" * 64  # grantee 1's key; the contracts only store it
 
 
@@ -62,12 +65,17 @@ async def w3(anvil: AnvilNode) -> AsyncIterator[AsyncWeb3]:
 
 
 @pytest.fixture(scope="session")
-def reference_abi_dir() -> Path:
-    """The reference ABIs beside the repo (read at test time, never copied into it)."""
-    path = REFERENCE_DIR / "abi"
-    if not path.is_dir():
-        pytest.skip(f"reference ABIs not found at {path}")
-    return path
+def sdk_abis() -> dict[str, list[dict]]:
+    """`{contract name: ABI}` as the SDK version pinned in package.json ships them (node reads
+    them from node_modules at test time; nothing is copied into the repository)."""
+    pinned = json.loads((PROJECT_ROOT / "package.json").read_text())["devDependencies"][SDK_PACKAGE]
+    installed = PROJECT_ROOT / "node_modules" / SDK_PACKAGE / "package.json"
+    version = json.loads(installed.read_text())["version"] if installed.is_file() else None
+    if version != pinned:
+        pytest.fail(
+            f"{SDK_PACKAGE} {pinned} is not in node_modules (found {version}); run make setup"
+        )
+    return run_node("vana_sdk_abi.mjs", {"names": list(CONTRACT_NAMES)})["abis"]
 
 
 # --- the embedded local stack (appended by the stack engineer) ----------------------------------

@@ -7,10 +7,12 @@ Dev-account use on the shared `anvil` chain (see docs/ARCHITECTURE.md "Local key
 
 from __future__ import annotations
 
+import _posixsubprocess
 import asyncio
 import json
+import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,39 @@ from workbench.vana.contracts import CONTRACT_NAMES
 
 SDK_PACKAGE = "@opendatalabs/vana-sdk"  # Vana's SDK: the reference for our contracts' ABIs
 APP_PUBLIC_KEY = "04" + "11" * 64  # grantee 1's key; the contracts only store it
+# Every way a test could start a process (subprocess and asyncio go through _fork_exec,
+# multiprocessing through _posixsubprocess.fork_exec or os.fork).
+PROCESS_STARTERS = [
+    (subprocess, "_fork_exec"),
+    (_posixsubprocess, "fork_exec"),
+    (os, "fork"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "system"),
+]
+
+
+class ProcessStartRefused(RuntimeError):
+    """A test without the `e2e` marker tried to start a process."""
+
+
+def _refuse_process(*_args: object, **_kwargs: object) -> None:
+    raise ProcessStartRefused(
+        "this test starts a process but has no e2e marker: add @pytest.mark.e2e (or a module "
+        "pytestmark) so that `pytest -m 'not e2e'` starts none"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+    """Holds every test to the rule that only `e2e` tests start processes (anvil, servers, node,
+    papermill), through the fixtures they set up too."""
+    if item.get_closest_marker("e2e"):
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in PROCESS_STARTERS:
+            patch.setattr(module, name, _refuse_process)
+        return (yield)
 
 
 @dataclass(frozen=True)

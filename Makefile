@@ -41,6 +41,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/driver.py
+	$(BIN)/python benchmarks/sampler.py
 
 clean:
 	rm -rf .cache outputs/*/ 

@@ -66,6 +66,7 @@ def test_stored_objects_are_distinct_by_cid():
     assert _stored(flows_frame([])) == {"stored_objects": 0, "stored_bytes": 0}
 
 
+@pytest.mark.e2e
 def test_cleanup_removes_a_runs_objects_and_is_idempotent(local_stack, tmp_path, capsys):
     url = local_stack.endpoints.storage_url
     blobs = [os.urandom(n) for n in (1000, 2000, 3000)]

@@ -223,6 +223,7 @@ def test_criteria_from_config_with_fallback(tmp_path):
     assert json.loads((path / "summary.json").read_text())["criteria_name"] == "ms03"
 
 
+@pytest.mark.e2e
 def test_cli_renders_again_from_the_dir_alone(tmp_path):
     path = _passing_dir(tmp_path)
     report.render(path)

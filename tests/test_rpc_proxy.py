@@ -210,6 +210,7 @@ async def test_failover_to_the_next_url(upstream):
         await runner.cleanup()
 
 
+@pytest.mark.e2e
 def test_the_proxy_process_keeps_serving_under_garbage(tmp_path):
     """As its own process: bad bodies get 4xx JSON, then it still answers."""
     proc, url = start_component(

@@ -154,6 +154,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.e2e
 async def test_stack_errors_never_echo_a_stack_secret(local_stack):
     held = stack_secrets(local_stack)
     assert len(held) >= 3  # the app key, relayer keys, the personal server's seed
@@ -170,6 +171,7 @@ async def test_stack_errors_never_echo_a_stack_secret(local_stack):
                 assert not leaked, f"{component} {path} echoed a stack secret"
 
 
+@pytest.mark.e2e
 def test_every_stack_process_listens_on_loopback_only(local_stack):
     for component, pid in local_stack.pids.items():
         listening = [
@@ -184,6 +186,7 @@ def test_every_stack_process_listens_on_loopback_only(local_stack):
 # --------------------------------------------------------------------------- results and reports
 
 
+@pytest.mark.e2e
 def test_run_results_hold_no_key(local_stack, tmp_path, monkeypatch):
     """A real run: its events, samples and config hold none of the wallets' keys or mnemonic."""
     monkeypatch.setenv("WORKBENCH_WALLET_FILE", str(tmp_path / "wallets.json"))

@@ -8,7 +8,6 @@ timeout ignored the test's own setting).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import random
@@ -20,18 +19,13 @@ from typing import Any, TypeVar
 import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import (
-    abi_to_signature,
-    event_abi_to_log_topic,
-    function_signature_to_4byte_selector,
-    keccak,
-)
+from eth_utils import event_abi_to_log_topic, keccak
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from workbench.stack import compile as contracts
+from workbench.vana import contracts
 
 T = TypeVar("T")
 GAS_MARGIN = 1.2  # estimate * margin: state can change between estimate and inclusion
@@ -501,20 +495,8 @@ def decode_permission_added(receipt: dict[str, Any], permissions: Any = None) ->
 
 
 def contract(w3: AsyncWeb3, name: str, address: str) -> AsyncContract:
-    """A handle on one of the workbench's contracts (ABI from `workbench.stack.compile`)."""
+    """A handle on one of the workbench's contracts (ABI from `workbench.vana.contracts`)."""
     return w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=contracts.abi(name))
-
-
-@functools.cache
-def _error_selectors() -> dict[bytes, str]:
-    selectors = {}
-    for name in contracts.CONTRACT_NAMES:
-        for item in contracts.abi(name):
-            if item.get("type") == "error":
-                selectors[function_signature_to_4byte_selector(abi_to_signature(item))] = item[
-                    "name"
-                ]
-    return selectors
 
 
 def revert_name(error: BaseException) -> str | None:
@@ -522,7 +504,8 @@ def revert_name(error: BaseException) -> str | None:
     if not isinstance(error, ContractLogicError) or not isinstance(error.data, str):
         return None
     data = HexBytes(error.data)
-    return _error_selectors().get(bytes(data[:4]))
+    item = contracts.errors_by_selector().get(bytes(data[:4]))
+    return item["name"] if item else None
 
 
 async def call_with_retry(

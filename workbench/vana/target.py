@@ -23,13 +23,8 @@ from eth_utils import is_checksum_address, to_checksum_address
 from workbench import params
 from workbench.errors import WorkbenchError
 from workbench.secrets import HEX64, looks_like_mnemonic
+from workbench.vana.contracts import CONTRACT_NAMES
 
-CONTRACT_NAMES = (
-    "DataPortabilityPermissions",
-    "DataPortabilityGrantees",
-    "DataPortabilityServers",
-    "DataRegistry",
-)
 # The env var a local target's funder key sits in (anvil dev account 0; public knowledge).
 LOCAL_FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
 # Storage kinds a target may name. Only Kubo's RPC API is spoken today; a new kind needs a

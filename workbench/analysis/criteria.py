@@ -35,7 +35,6 @@ CRITERIA_DIR = PROJECT_ROOT / "params" / "criteria"
 DEFAULT_CRITERIA = "ms03"
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
-STATUSES = ("TARGET", "ACCEPTABLE", "FAIL", "N/A")
 ROW_COLUMNS = (
     "id",
     "label",

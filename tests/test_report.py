@@ -19,6 +19,7 @@ from workbench.params import PROJECT_ROOT
 
 KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 OUTPUTS = ("report.html", "summary.json", "criteria.csv")
+HLOG = "histograms/histograms.hlog"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,8 @@ def test_writes_every_output(rendered):
         "timeline.png",
     ]
     assert not list(path.glob(".render-*"))  # the staging folder is gone
+    hgrm = {p.stem for p in (path / "histograms").glob("*.hgrm")}
+    assert {"flow", "relay", "inference_poll"} <= hgrm and (path / HLOG).stat().st_size > 0
 
 
 def test_html_is_self_contained(rendered):
@@ -114,9 +117,11 @@ def test_rerender_is_idempotent(rendered):
     path, _ = rendered
     before = {p.name: p.read_bytes() for p in [*map(path.joinpath, OUTPUTS)]}
     figures = {p.name: p.read_bytes() for p in (path / "figures").glob("*.png")}
+    hists = {p.name: p.read_bytes() for p in (path / "histograms").iterdir()}
     report.render(path)
     assert {p.name: p.read_bytes() for p in [*map(path.joinpath, OUTPUTS)]} == before
     assert {p.name: p.read_bytes() for p in (path / "figures").glob("*.png")} == figures
+    assert {p.name: p.read_bytes() for p in (path / "histograms").iterdir()} == hists
 
 
 def test_passing_run(tmp_path):

@@ -1,6 +1,7 @@
 """The shareable report of a run, rendered from its results dir alone.
 
-`render(results_dir)` writes `summary.json`, `criteria.csv`, `figures/*.png` and `report.html`.
+`render(results_dir)` writes `summary.json`, `criteria.csv`, `histograms/` (per-step HdrHistograms,
+see `analysis.histograms`), `figures/*.png` and `report.html`.
 The HTML is an nbformat notebook built in memory (markdown cells, and display_data outputs for
 tables and figures; no kernel runs) exported by nbconvert without inputs, with every image a data
 URI and no script or stylesheet fetched from anywhere: it opens offline, without Jupyter.
@@ -32,6 +33,7 @@ from workbench.analysis import criteria as crit
 from workbench.analysis import plots
 from workbench.analysis import report_html as html
 from workbench.analysis.console import console_text
+from workbench.analysis.histograms import write_run_histograms
 from workbench.analysis.results import Results, load_results
 from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
@@ -61,7 +63,8 @@ def render(
     criteria_path: str | Path | None = None,
     secrets: Iterable[str] | None = None,
 ) -> Path:
-    """Writes summary.json, criteria.csv, figures/*.png and report.html; returns report.html.
+    """Writes summary.json, criteria.csv, histograms/, figures/*.png and report.html; returns
+    report.html.
 
     `criteria_path` defaults to the criteria file recorded in config.json, then to ms03.
     `secrets` adds keys to refuse (the runner passes its wallets') to `known_secrets()`."""
@@ -77,6 +80,7 @@ def render(
     try:
         stage.mkdir(parents=True)
         write_summary(stage, summary)
+        write_run_histograms(stage, results, summary.get("wall_s"))
         figures = plots.save_all(results, summary, summary["criteria"], stage / "figures")
         notebook = build_notebook(results, summary, figures, criteria_note)
         (stage / "report.html").write_text(html.export_html(notebook), encoding="utf-8")
@@ -89,10 +93,11 @@ def render(
 
 def _publish(stage: Path, results_dir: Path) -> None:
     # os.replace per file: a reader never sees a half-written report.
-    (results_dir / "figures").mkdir(exist_ok=True)
     for src in sorted(stage.rglob("*")):
         if src.is_file():
-            os.replace(src, results_dir / src.relative_to(stage))
+            dest = results_dir / src.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
 
 
 def _criteria(

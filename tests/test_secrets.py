@@ -68,6 +68,25 @@ def test_mnemonics_are_found_by_shape():
     assert not secrets.find_mnemonics(prose)
 
 
+def test_find_secrets_rules():
+    assert secrets.find_secrets(f'"private_key": "{KEY}"')
+    assert secrets.find_secrets(f"WORKBENCH_FUNDER_KEY={KEY[2:]}")
+    assert secrets.find_secrets(f"<td>relayer_key</td>\n<td>{KEY}</td>")
+    assert not secrets.find_secrets(f'"tx_hash": "{KEY}", "block_hash": "{KEY}"')
+    assert not secrets.find_secrets(f'"public_key": "{KEY}"')
+    assert secrets.find_secrets(f"any text {KEY.upper()[2:]} here", [KEY])
+    assert not secrets.find_secrets(f"any text {KEY} here", ["0x" + "1" * 64])
+
+
+def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
+    monkeypatch.setenv("WORKBENCH_SECRETS", json.dumps({"relayers": ["0x" + "ab" * 32]}))
+    ws = wallets.generate(2, tmp_path / "wallets.json")
+    found = secrets.known_secrets({"wallet_file": str(ws.path), "users": 2})
+    assert KEY in found and "0x" + "ab" * 32 in found
+    assert set(ws.private_keys()) <= set(found) and ws.mnemonic in found
+
+
 # --------------------------------------------------------------------------- events and logs
 
 

@@ -32,7 +32,6 @@ from workbench.errors import WorkbenchError
 DEFAULT_CRITERIA = "ms03"
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
-STATUSES = ("TARGET", "ACCEPTABLE", "FAIL", "N/A")
 ROW_COLUMNS = (
     "id",
     "label",

@@ -34,7 +34,6 @@ COMPONENT_COLORS = {
     "personal": "#17becf",
 }
 PROCESS_METRICS = ("cpu_pct", "rss_mb", "open_files", "connections", "threads", "num_fds")
-NOT_GAUGES = {*PROCESS_METRICS, "loop_lag_ms", "alive"}
 # A threshold further than this multiple of the slowest flow would squash the histogram.
 THRESHOLD_REACH = 3.0
 

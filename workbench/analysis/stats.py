@@ -7,8 +7,8 @@ Pure functions of a results dir (`load_results`) or of its DataFrames; `summariz
   duration is a time to failure, not a completion time. Step latency likewise uses ok steps.
 - **Percentiles** are numpy's default (linear interpolation between closest ranks, Hyndman-Fan
   type 7), computed exactly from the raw samples: a run holds at most a few thousand flows, so
-  there is no reason to approximate. HdrHistogram (`latency_histogram`, `merge_histograms`) is
-  for merging latency across workers or runs, where raw samples are not at hand.
+  there is no reason to approximate. HdrHistograms (`analysis.histograms`, written to each
+  results dir's `histograms/`) are for merging latency across workers or runs.
 - **Confidence intervals** of mean/p50/p95/p99: `scipy.stats.bootstrap`, percentile method
   (BCa's jackknife is unreliable for quantiles), fixed seed so a report re-renders identically.
   None for n < 2 or all-equal samples. A p99 CI from fewer than ~100 flows is mostly the max.
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hdrh.histogram import HdrHistogram
 from scipy import stats
 
 from workbench.analysis.results import COMPONENT_ORDER, Results
@@ -86,32 +85,6 @@ def _bootstrap_cis(x: np.ndarray, confidence: float, seed: int, n_resamples: int
         rng=np.random.default_rng(seed),
     )
     return res.confidence_interval.low, res.confidence_interval.high
-
-
-# HdrHistogram range: 1 us .. 1 day, 3 significant digits (0.1% value resolution).
-_HDR_UNIT = 1e6
-_HDR_RANGE = (1, 86_400 * 1_000_000, 3)
-
-
-def latency_histogram(seconds: Any) -> HdrHistogram:
-    """An HdrHistogram of latencies recorded in microseconds (for merging across workers)."""
-    h = HdrHistogram(*_HDR_RANGE)
-    x = np.asarray(seconds, dtype=float)
-    for us in np.clip(np.rint(x[np.isfinite(x)] * _HDR_UNIT), 1, _HDR_RANGE[1]).astype(np.int64):
-        h.record_value(int(us))
-    return h
-
-
-def merge_histograms(*histograms: HdrHistogram) -> HdrHistogram:
-    merged = HdrHistogram(*_HDR_RANGE)
-    for h in histograms:
-        merged.add(h)
-    return merged
-
-
-def histogram_percentiles(h: HdrHistogram, percentiles=(50, 95, 99)) -> dict[str, float]:
-    """Approximate percentiles (seconds) of a histogram, e.g. a merged one."""
-    return {f"p{p:g}": h.get_value_at_percentile(p) / _HDR_UNIT for p in percentiles}
 
 
 def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import os
-import random
 import sys
 import threading
 import time
@@ -24,13 +22,13 @@ from typing import Any
 
 import aiohttp
 
+from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
 from workbench.steps import step_class
-from workbench.vana import chain, crypto, permission
+from workbench.vana import chain, crypto, permission, retry
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
 
-TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses of an operation that is still running on the personal server.
 RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
 
@@ -63,6 +61,26 @@ class FlowSettings:
     retry_cap_s: float = 5.0
     schema_id: int = 0
     prompt: str = "Summarise this user's data as JSON."
+
+    def __post_init__(self) -> None:
+        try:  # built now: a bad setting fails before any flow starts, not inside a step
+            _ = self.retry_policy, self.reconnect_policy
+        except ValueError as e:
+            raise WorkbenchError(
+                "flow.retry_*",
+                str(e),
+                "fix retry_attempts, retry_base_s, retry_cap_s in the profile",
+            ) from None
+
+    @functools.cached_property
+    def retry_policy(self) -> retry.RetryPolicy:
+        """For calls safe to repeat: network errors, timeouts and transient statuses."""
+        return retry.RetryPolicy(self.retry_attempts, self.retry_base_s, self.retry_cap_s)
+
+    @functools.cached_property
+    def reconnect_policy(self) -> retry.RetryPolicy:
+        """For waiting out a refused connection: as long as one request may take."""
+        return retry.RetryPolicy(None, self.retry_base_s, self.retry_cap_s, self.http_timeout_s)
 
     @classmethod
     def from_profile(cls, profile: dict[str, Any], **overrides: Any) -> FlowSettings:
@@ -293,18 +311,10 @@ class FlowRun:
         request timeout, retrying with capped jittered backoff. Only a refused connection is
         retried: the request never reached the server, so even a relay (not idempotent: it
         may have been sent on chain) is safe to post again."""
-        s = self.ctx.settings
-        deadline = time.monotonic() + s.http_timeout_s
-        for attempt in itertools.count():
-            try:
-                return await call()
-            except aiohttp.ClientConnectorError:
-                if time.monotonic() >= deadline:
-                    raise
-                attempts[0] += 1
-                backoff = min(s.retry_cap_s, s.retry_base_s * 2 ** min(attempt, 16))
-                await asyncio.sleep(random.uniform(0, backoff))
-        raise AssertionError("unreachable")
+        policy = self.ctx.settings.reconnect_policy
+        return await retry.retrying(
+            lambda _: call(), policy, retry.never_sent, on_retry=_counter(attempts)
+        )
 
     async def confirm(self, tx_hash: str, nonce: int) -> int:
         """The permission id once the message signed with `nonce` is mined, also under a
@@ -344,25 +354,10 @@ class FlowRun:
             await asyncio.sleep(s.poll_interval_s)
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
-        """Retries network errors, timeouts and 5xx with capped exponential backoff, full jitter."""
-        s = self.ctx.settings
-        for attempt in range(1, s.retry_attempts + 1):
-            try:
-                return await call()
-            except (
-                aiohttp.ClientConnectionError,
-                aiohttp.ClientPayloadError,  # a body cut short: the server died mid-answer
-                TimeoutError,
-                HttpStatusError,
-            ) as e:
-                transient = not isinstance(e, HttpStatusError) or e.status in TRANSIENT_HTTP
-                if not transient or attempt == s.retry_attempts:
-                    raise
-                attempts[0] += 1
-                await asyncio.sleep(
-                    random.uniform(0, min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1)))
-                )
-        raise AssertionError("unreachable")
+        """Retries network errors, timeouts and transient statuses (`retry.is_transient`) with
+        capped exponential backoff, full jitter."""
+        policy = self.ctx.settings.retry_policy
+        return await retry.retrying(lambda _: call(), policy, on_retry=_counter(attempts))
 
     async def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
         return await self.request("GET", url, params=params)
@@ -462,6 +457,15 @@ def classify(step: str, exc: BaseException) -> str:
             return "relay"
         return step_class(step, unknown="http")
     return step_class(step, unknown="internal")
+
+
+def _counter(attempts: list[int]) -> Callable[[int, BaseException], None]:
+    """Counts retries into a step's `attempts` (the step event records them)."""
+
+    def count(_attempt: int, _error: BaseException) -> None:
+        attempts[0] += 1
+
+    return count
 
 
 def _grantee_address(grantee: Any) -> str:

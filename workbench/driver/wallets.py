@@ -23,10 +23,9 @@ from eth_account.types import Language
 from workbench.driver.flow import Wallet
 from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT
+from workbench.secrets import FUNDER_KEY_ENV, WALLET_FILE_ENV
 from workbench.vana import chain
 
-WALLET_FILE_ENV = "WORKBENCH_WALLET_FILE"
-FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
 PATH_TEMPLATE = "m/44'/60'/0'/0/{}"
 DEFAULT_TARGET_WEI = 10**16  # 0.01 ETH: users only sign; the relayer pays gas
 TRANSFER_GAS = 21_000

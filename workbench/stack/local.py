@@ -54,9 +54,8 @@ from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 
 log = logging.getLogger("workbench.stack.local")
 
-COMPONENTS = ("anvil", "storage", "personal", "api")  # start order; stopped in reverse
 PROXY = "rpc_proxy"  # only with an rpc fault section, between anvil and every client
-ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")
+ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")  # start order; stopped in reverse
 MODULES = {
     "storage": "storage",
     "personal": "personal_server",

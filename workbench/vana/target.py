@@ -65,10 +65,6 @@ class Endpoints:
             "grantee_id": self.grantee_id,
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Endpoints:
-        return cls(**{**data, "contracts": dict(data["contracts"])})
-
 
 @dataclass
 class Target:

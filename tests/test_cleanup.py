@@ -14,8 +14,9 @@ import pytest
 from workbench.__main__ import main
 from workbench.analysis.results import flows_frame
 from workbench.analysis.summary import _stored
-from workbench.driver.cleanup import STACK_GONE, cleanup, stored_objects
+from workbench.driver.cleanup import STACK_GONE, cleanup
 from workbench.errors import WorkbenchError
+from workbench.events import stored_objects
 from workbench.stack.process import free_port
 
 

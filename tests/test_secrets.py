@@ -82,7 +82,7 @@ def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
     monkeypatch.setenv("WORKBENCH_SECRETS", json.dumps({"relayers": ["0x" + "ab" * 32]}))
     ws = wallets.generate(2, tmp_path / "wallets.json")
-    found = secrets.known_secrets({"wallet_file": str(ws.path), "users": 2})
+    found = secrets.known_secrets(wallets.file_secrets({"wallet_file": str(ws.path), "users": 2}))
     assert KEY in found and "0x" + "ab" * 32 in found
     assert set(ws.private_keys()) <= set(found) and ws.mnemonic in found
 

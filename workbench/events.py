@@ -298,3 +298,15 @@ def iter_events(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     return list(iter_events(path))
+
+
+def stored_objects(flow_events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Distinct objects (CID -> bytes) stored by these flow events. Content addressing makes
+    identical uploads (every user's grant file) one object."""
+    objects: dict[str, int] = {}
+    for event in flow_events:
+        stored = event.get("stored")
+        for obj in stored if isinstance(stored, list) else ():
+            if isinstance(obj, Mapping) and isinstance(obj.get("cid"), str):
+                objects[obj["cid"]] = int(obj.get("bytes") or 0)
+    return objects

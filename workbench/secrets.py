@@ -249,30 +249,10 @@ _TAG = re.compile(r"<[^>]*>")
 _DATA_URI = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s]+")
 
 
-def known_secrets(config: Mapping[str, Any] | None = None) -> list[str]:
-    """Keys this machine knows: the environment's (`env_secrets`) and the keys
-    and mnemonic of the wallet file the run used (config's `wallet_file`, else
-    `$WORKBENCH_WALLET_FILE`) when it is readable here."""
-    return env_secrets() + _wallet_secrets(config or {})
-
-
-def _wallet_secrets(config: Mapping[str, Any]) -> list[str]:
-    path = config.get("wallet_file") or os.environ.get(WALLET_FILE_ENV)
-    if not path or not Path(path).is_file():
-        return []  # rendered elsewhere: the heuristic and the runner's keys still apply
-    # Lazy: the wallets module pulls in eth_account and web3 (~3 s of imports, measured) that
-    # the stack's servers, which import this module for `redact`, must never pay.
-    from workbench.driver import wallets
-
-    users = config.get("users")
-    try:
-        try:
-            ws = wallets.load(Path(path), count=users if isinstance(users, int) else None)
-        except WorkbenchError:  # fewer wallets than users (open-model runs): take the file's
-            ws = wallets.load(Path(path))
-    except WorkbenchError:
-        return []  # unreadable (e.g. bad mode): cannot check against it
-    return [*ws.private_keys(), ws.mnemonic]
+def known_secrets(extra: Iterable[str] = ()) -> list[str]:
+    """Keys this machine knows: the environment's (`env_secrets`) plus `extra` (a run's wallet
+    keys and mnemonic: `workbench.driver.wallets.file_secrets` reads them from a wallet file)."""
+    return env_secrets() + [s for s in extra if s]
 
 
 def find_secrets(text: str, secrets: Iterable[str] = ()) -> list[str]:

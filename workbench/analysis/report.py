@@ -67,10 +67,11 @@ def render(
     report.html.
 
     `criteria_path` defaults to the criteria file recorded in config.json, then to ms03.
-    `secrets` adds keys to refuse (the runner passes its wallets') to `known_secrets()`."""
+    `secrets` adds keys to refuse to `known_secrets()`: the run's wallet keys and mnemonic (the
+    runner passes its wallets'; `python -m workbench report` reads the run's wallet file)."""
     results_dir = Path(results_dir)
     results = load_results(results_dir)
-    all_secrets = [*(secrets or ()), *known_secrets(results.config)]
+    all_secrets = known_secrets(secrets or ())
     inputs = [results_dir / name for name in ("config.json", "events.jsonl", "samples.csv")]
     refuse_secrets(inputs, all_secrets)  # a leaky run must not become a shareable report
     criteria, criteria_note = _criteria(criteria_path, results.config)

@@ -32,6 +32,7 @@ from workbench.analysis.stats import (
     success_rates,
     workbench_cpu,
 )
+from workbench.events import stored_objects
 
 # ----------------------------------------------------------------------------- summary
 
@@ -118,8 +119,6 @@ def summarize(
 
 def _stored(flows: pd.DataFrame) -> dict[str, int]:
     """What the run left in storage (distinct objects): `python -m workbench cleanup` removes it."""
-    from workbench.driver.cleanup import stored_objects
-
     objects = stored_objects(flows.to_dict("records")) if "stored" in flows else {}
     return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
 

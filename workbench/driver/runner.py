@@ -43,7 +43,7 @@ class RunOutcome:
     flows: int = 0
     ok: int = 0
     reason: str = "completed"
-    wallets: list[str] = field(default_factory=list, repr=False)  # keys, for the secret guard
+    wallets: list[str] = field(default_factory=list, repr=False)  # keys + mnemonic: secret guard
 
 
 class Console:
@@ -190,7 +190,7 @@ class Runner:
         n = self.cfg.users
         self.console.say(console.setting_up(n))
         ws = wallets.load_or_generate(n)
-        self.outcome.wallets = ws.private_keys()
+        self.outcome.wallets = [*ws.private_keys(), ws.mnemonic]
         self.console.say(console.wallets_loaded(n))
         w3 = _web3(target)
         try:

@@ -55,6 +55,7 @@ from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 log = logging.getLogger("workbench.stack.local")
 
 PROXY = "rpc_proxy"  # only with an rpc fault section, between anvil and every client
+COMPONENTS = ("anvil", "storage", "personal", "api")  # what a plain stack runs (no fault proxy)
 ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")  # start order; stopped in reverse
 MODULES = {
     "storage": "storage",

@@ -8,7 +8,8 @@ built by its constructor, so the TypedDicts below are the schema and its documen
 - `kind: "flow"`   `FlowEvent`, `flow_event`: exactly one outcome per started flow (ok, failed or
   cancelled; `workbench.driver.flow`);
 - `kind: "run"`    `RunMark`, `run_mark`: the run's start and end, dropped arrivals
-  (`workbench.driver.runner`);
+  (`workbench.driver.runner`); on Dask, each worker's start and a lost worker
+  (`workbench.driver.cluster`);
 - `kind: "fault"`  `FaultEvent`, `fault_event`: each action of a fault plan
   (`workbench.stack.faults`).
 
@@ -16,6 +17,10 @@ Step names and error classes are those of `workbench.steps`. Times: `t` is secon
 run's start on a monotonic clock (perf_counter_ns), `wall` a Unix timestamp for labels only;
 durations are `duration_s`; both are rounded to the microsecond. Readers must tolerate keys
 they do not know: writers may add facts (the NotRequired keys are those written today).
+
+Runs on Dask workers (`workers` > 0): every step and flow event carries `worker`, the index of
+the worker process that ran it (its samples use the component `worker_component(index)`);
+the coordinator writes them all to the one `events.jsonl` as they arrive.
 """
 
 # No `from __future__ import annotations`: TypedDict must see NotRequired at runtime (3.11), so
@@ -32,7 +37,7 @@ from typing import Any, Literal, NotRequired, Self, TypedDict, cast
 from workbench.secrets import Redactor, env_secrets
 
 FlowStatus = Literal["ok", "failed", "cancelled"]
-RunMarkName = Literal["start", "end", "dropped"]
+RunMarkName = Literal["start", "end", "dropped", "worker", "worker_lost"]
 FaultActionName = Literal["kill", "restart", "stall", "resume", "rpc_on", "rpc_off"]
 
 
@@ -43,6 +48,12 @@ class FlowKey(TypedDict):
     flow_id: int  # unique in the run, in launch order
     user: int  # the wallet's index
     address: str  # the wallet's address
+    worker: NotRequired[int]  # the Dask worker that ran the flow (runs with workers > 0)
+
+
+def worker_component(index: int) -> str:
+    """A Dask worker's component name in `samples.csv` (`worker0`, `worker1`, ...)."""
+    return f"worker{index}"
 
 
 class StoredObject(TypedDict):
@@ -67,6 +78,9 @@ class StepEvent(FlowKey):
     permission_id: NotRequired[int]
     operation_id: NotRequired[str]
     stored: NotRequired[list[StoredObject]]
+    # Crypto steps: seconds the step waited for a free crypto thread (the driver's own queueing,
+    # inside `duration_s`; see `workbench.analysis.saturation`).
+    queued_s: NotRequired[float]
 
 
 class FlowEvent(FlowKey):
@@ -103,6 +117,12 @@ class RunMark(TypedDict):
     reason: NotRequired[str]  # end: completed | interrupted | error: <type>; dropped: why
     flows: NotRequired[int]  # end: flows that finished
     ok: NotRequired[int]  # end: of which ok
+    worker: NotRequired[int]  # worker, worker_lost: its index
+    address: NotRequired[str]  # worker, worker_lost: its Dask address
+    pid: NotRequired[int]  # worker: its process id
+    clock_offset_s: NotRequired[float]  # worker: its wall clock minus the coordinator's
+    clock_error_s: NotRequired[float]  # worker: half the round trip that measured the offset
+    lost_flows: NotRequired[int]  # worker_lost: its in-flight flows, recorded as failed
 
 
 class FaultEvent(TypedDict):

@@ -65,6 +65,8 @@ ERROR_CLASS_TABLE = (
     ErrorClass("crypto", CLIENT_CRYPTO),
     ErrorClass("cancelled", "none: stopped by the run's end"),
     ErrorClass("internal", "workbench (driver)"),
+    # A Dask worker process died mid-flow: the flow was never finished nor re-run.
+    ErrorClass("driver", "workbench (a driver worker was lost)"),
 )
 
 STEPS = tuple(s.name for s in STEP_TABLE)

@@ -17,8 +17,15 @@ if TYPE_CHECKING:  # the driver imports this module for its live lines: see `con
 
     from workbench.analysis.results import Results
 
-STATUS_ICON = {"TARGET": "✅", "ACCEPTABLE": "⚠️", "FAIL": "❌", "N/A": "➖"}
-STATUS_WORD = {"TARGET": "target", "ACCEPTABLE": "acceptable", "FAIL": "FAIL", "N/A": "n/a"}
+# WARN: the driver's saturation row (`analysis.saturation`), a warning that keeps the verdict.
+STATUS_ICON = {"TARGET": "✅", "ACCEPTABLE": "⚠️", "FAIL": "❌", "N/A": "➖", "WARN": "🚩"}
+STATUS_WORD = {
+    "TARGET": "target",
+    "ACCEPTABLE": "acceptable",
+    "FAIL": "FAIL",
+    "N/A": "n/a",
+    "WARN": "warning",
+}
 PER_USER_OK_LINES, PER_USER_FAIL_LINES = 10, 10  # how many per-user lines a replay shows
 DEFAULT_TITLE = "Milestone 3: Multi-User Validation"
 

@@ -14,6 +14,10 @@ A criteria file (`params/criteria/*.yaml`) holds rows like
 
 Comparisons are exact: with `op: "<"` a value equal to the threshold is not met.
 The verdict is `PASSED` iff no row is `FAIL` and the run completed; otherwise `FAILED`.
+
+An optional `driver_saturation:` mapping holds the thresholds of the driver's self-check
+(`workbench.analysis.saturation.Thresholds`); a saturated driver adds a `WARN` row, which does not
+change the verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import params
+from workbench.analysis.saturation import Thresholds
 from workbench.errors import WorkbenchError
 
 DEFAULT_CRITERIA = "ms03"
@@ -68,6 +73,7 @@ class Criteria:
     path: Path
     rows: tuple[Criterion, ...]
     title: str = ""
+    saturation: Thresholds = Thresholds()  # the driver's self-check (`driver_saturation:`)
 
     def __iter__(self) -> Iterator[Criterion]:
         return iter(self.rows)
@@ -90,7 +96,14 @@ def load_criteria(name_or_path: str | Path = DEFAULT_CRITERIA) -> Criteria:
             raise WorkbenchError(_field(shown, i, row.id, "id"), "is used twice", "make ids unique")
         seen.add(row.id)
     name = str(doc.get("name") or path.stem)
-    return Criteria(name=name, path=path, rows=rows, title=str(doc.get("title") or name))
+    saturation = Thresholds.from_mapping(doc.get("driver_saturation"), shown)
+    return Criteria(
+        name=name,
+        path=path,
+        rows=rows,
+        title=str(doc.get("title") or name),
+        saturation=saturation,
+    )
 
 
 def _field(shown: str, i: int, row_id: Any, key: str) -> str:
@@ -228,7 +241,10 @@ def to_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
 
 
 def format_value(value: Any, unit: str = "") -> str:
-    """Display form: unit `%` holds a fraction (0.95 -> `95.0%`); `cpu%` is already a percent."""
+    """Display form: unit `%` holds a fraction (0.95 -> `95.0%`); `cpu%` is already a percent;
+    `flag` is a yes/no finding (the driver's saturation)."""
+    if unit == "flag":
+        return "n/a" if value is None else ("saturated" if value else "not saturated")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "n/a" if value is None else str(value)
     if not math.isfinite(value):
@@ -246,6 +262,8 @@ def format_value(value: Any, unit: str = "") -> str:
 
 def format_threshold(op: str, threshold: float, unit: str = "") -> str:
     """Compact threshold text as in the seed's table: `< 90 s`, `> 95%`, `== 0`."""
+    if unit == "flag":
+        return format_value(bool(threshold), unit)
     if unit == "%":
         text = f"{threshold * 100:g}%"
     elif unit == "cpu%":

@@ -215,8 +215,8 @@ def step_breakdown(results: Results) -> Figure:
 def timeline(results: Results, bin_s: float | None = None) -> Figure:
     """Flows in flight and completed flows per minute over time; driver loop lag if sampled."""
     flows, samples = results.flows, results.samples
-    lag = _metric(samples, "driver", "loop_lag_ms") if not samples.empty else pd.Series()
-    rows = 3 if len(lag) else 2
+    lags = _lag_series(samples)
+    rows = 3 if lags else 2
     fig = _figure(10, 2.3 * rows + 0.6)
     if flows.empty:
         return _empty(fig, "Concurrency and throughput", "no flows")
@@ -229,12 +229,34 @@ def timeline(results: Results, bin_s: float | None = None) -> Figure:
     bin_s = bin_s or _throughput_bin(flows)
     _throughput_bars(axes[1], stats.throughput(flows, bin_s), bin_s)
     if rows == 3:
-        axes[2].plot(lag.index, lag.to_numpy(), color="#9467bd", lw=1)
+        for label, lag in lags.items():
+            style = {"ls": ":", "color": "#999999"} if "control" in label else {}
+            axes[2].plot(lag.index, lag.to_numpy(), lw=1, label=label, **style)
         axes[2].set_ylabel("loop lag (ms)")
-        axes[2].set_title("driver event-loop lag (worst per sample)", fontsize=9, loc="left")
+        axes[2].set_title(
+            "event-loop lag of each flow-running process, and its idle control (worst per sample)",
+            fontsize=9,
+            loc="left",
+        )
+        axes[2].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("time since run start (s)")
     axes[-1].set_xlim(left=0)
     return fig
+
+
+def _lag_series(samples: pd.DataFrame) -> dict[str, pd.Series]:
+    """Loop lag of the driver, or of each worker when the run had them, and their controls."""
+    if samples.empty:
+        return {}
+    comps = sorted(set(samples.loc[samples["metric"] == "loop_lag_ms", "component"]))
+    workers = [c for c in comps if c.startswith("worker")]
+    out = {}
+    for comp in workers or [c for c in comps if c == "driver"]:
+        out[comp] = _metric(samples, comp, "loop_lag_ms")
+        control = _metric(samples, comp, "control_lag_ms")
+        if len(control):
+            out[f"{comp} control"] = control
+    return out
 
 
 def _throughput_bin(flows: pd.DataFrame) -> float:

@@ -169,6 +169,8 @@ def build_notebook(
     cells.append(_html(f'<p class="wb-verdict">{badges} {html.run_facts_html(summary)}</p>'))
     if not summary.get("complete", True):
         cells.append(_md(_incomplete_note(summary)))
+    if summary.get("driver_saturated"):
+        cells.append(_html(html.saturation_banner_html(summary)))
     console = console_text(results.path, results, summary)
     cells.append(_md(f"## Run output\n\n```text\n{console}\n```"))
     cells.append(_md("## Criteria" + (f"\n\n{criteria_note}" if criteria_note else "")))
@@ -182,6 +184,9 @@ def build_notebook(
     cells += _figure_cells(by_name, "capacity_curve", "## Capacity")
     cells += _figure_cells(by_name, "resources", "## Resources")
     cells.append(_html(html.resources_table_html(summary)))
+    if summary.get("worker_stats"):
+        cells.append(_md(_workers_markdown(summary)))
+        cells.append(_html(html.workers_table_html(summary)))
     cells.append(_md(_trend_markdown(summary)))
     cells += _figure_cells(by_name, "errors", "## Errors")
     cells.append(_html(html.error_table_html(results)))
@@ -224,6 +229,42 @@ def _incomplete_note(s: Mapping[str, Any]) -> str:
     )
 
 
+def _saturation_markdown(s: Mapping[str, Any]) -> str:
+    """The self-check's verdict and its evidence per process, saturated or not."""
+    judged = s.get("driver_saturation") or {}
+    if s.get("driver_saturated") is None:
+        return "Driver self-check: no evidence sampled."
+    lines = []
+    for comp, p in (judged.get("processes") or {}).items():
+        facts = [
+            f"loop lag p99 {_num(p.get('loop_lag_p99_ms'))} ms "
+            f"(control {_num(p.get('control_lag_p99_ms'))} ms)",
+            f"loop thread {_num(p.get('loop_cpu_peak_pct'))}% of a core at its busiest",
+            f"crypto queue {_share(p.get('crypto_queue_share'))} of flow time",
+        ]
+        lines.append(f"- `{comp}`: " + ", ".join(facts))
+    head = "saturated" if s["driver_saturated"] else "not saturated"
+    return f"Driver self-check: **{head}**.\n\n" + "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def _share(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _workers_markdown(s: Mapping[str, Any]) -> str:
+    where = f"the Dask cluster at `{s['scheduler']}`" if s.get("scheduler") else "a local cluster"
+    return (
+        f"### Workers\n\nThe users were sharded over {len(s['worker_stats'])} Dask worker "
+        f"processes ({where}), each running the same flow code on its own event loop against "
+        "one agreed start time. Latencies above come from every raw event of every worker; a "
+        "lost worker's in-flight flows are failures of class `driver`, never re-run."
+    )
+
+
 def _trend_markdown(s: Mapping[str, Any]) -> str:
     parts = []
     trend = s.get("memory_trend")
@@ -240,6 +281,7 @@ def _trend_markdown(s: Mapping[str, Any]) -> str:
             f"max {lag['max_ms']:.1f} ms (worst per sample): large values mean the driver, "
             "not the system under test, delayed the timings."
         )
+    parts.append(_saturation_markdown(s))
     gauges = s.get("gauges") or {}
     peaks = [f"{c} {m} {v:g}" for c, ms in gauges.items() for m, v in ms.items()]
     if peaks:

@@ -150,9 +150,36 @@ def config_table_html(config: Mapping[str, Any]) -> str:
     return _table(("Setting", "Value"), rows, "wb-config")
 
 
+def saturation_banner_html(s: Mapping[str, Any]) -> str:
+    """The warning at the top of a report whose driver distorted its own timings."""
+    judged = s.get("driver_saturation") or {}
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in judged.get("reasons") or [])
+    return (
+        '<div class="wb-warning"><b>🚩 The driver was saturated:</b> its own delays are inside '
+        "the latencies below, which are therefore upper bounds (a failure may be the driver's, "
+        "not the system's). Run with fewer users per process, or spread them over Dask workers "
+        f"(<code>workers</code>).<ul>{items}</ul></div>"
+    )
+
+
+def workers_table_html(s: Mapping[str, Any]) -> str:
+    """One row per Dask worker: its flows, outcomes, clock offset, loop lag and resources."""
+    stats = s.get("worker_stats") or {}
+    cols = ("flows", "ok", "failed", "lost_flows", "clock_offset_ms", "loop_lag_p99_ms")
+    cols += ("control_lag_p99_ms", "avg_cpu_pct", "peak_rss_mb")
+    rows = [
+        [name + (" (lost)" if w.get("lost") else ""), *(w.get(c) for c in cols)]
+        for name, w in stats.items()
+    ]
+    headers = ("Worker", "Flows", "Ok", "Failed", "Lost in flight", "Clock offset ms")
+    headers += ("Loop lag p99 ms", "Control lag p99 ms", "CPU % avg", "RSS MB peak")
+    return _table(headers, rows, "wb-workers")
+
+
 def run_facts_html(s: Mapping[str, Any]) -> str:
     facts = [
         ("users", s.get("users")),
+        ("workers", s.get("workers") or None),
         ("shape", s.get("shape")),
         ("profile", s.get("profile")),
         ("started", s.get("started_at")),
@@ -186,6 +213,9 @@ tr.wb-target td { background: #e6f4ea; }
 tr.wb-acceptable td { background: #fff4d6; }
 tr.wb-fail td { background: #fde2e1; font-weight: 600; }
 tr.wb-na td { background: #f0f0f0; color: #666; }
+tr.wb-warn td { background: #fde9d2; font-weight: 600; }
+.wb-warning { background: #fde9d2; border-left: 6px solid #e37400; padding: 8px 14px;
+  margin: 0.5em 0 1em; font-size: 14px; }
 .wb-badge { display: inline-block; padding: 3px 12px; border-radius: 4px; color: white;
   font-weight: 700; letter-spacing: 0.05em; }
 .wb-badge-passed { background: #1e8e3e; }

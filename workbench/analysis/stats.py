@@ -352,7 +352,7 @@ def loop_lag(samples_df: pd.DataFrame) -> dict[str, Any] | None:
 def gauge_peaks(samples_df: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Peak of every non-resource gauge per component (queue_depth, txpool_pending, ...)."""
     resource = {"cpu_pct", "rss_mb", "num_fds", "open_files", "connections", "threads"}
-    resource |= {"loop_lag_ms", "alive"}
+    resource |= {"loop_lag_ms", "control_lag_ms", "loop_cpu_pct", "crypto_cpu_pct", "alive"}
     g = samples_df[~samples_df["metric"].isin(resource) & (samples_df["component"] != "system")]
     peaks = g.groupby(["component", "metric"])["value"].max()
     out: dict[str, dict[str, float]] = {}

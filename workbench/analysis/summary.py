@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.analysis import criteria as crit
+from workbench.analysis import saturation
 from workbench.analysis.histograms import write_run_histograms
 from workbench.analysis.results import Results, _present, load_results
 from workbench.analysis.stats import (
@@ -32,6 +33,7 @@ from workbench.analysis.stats import (
     success_rates,
     workbench_cpu,
 )
+from workbench.analysis.workers import worker_stats
 from workbench.events import stored_objects
 
 # ----------------------------------------------------------------------------- summary
@@ -43,6 +45,12 @@ def summarize(
     """The `summary.json` dict (JSON-safe: NaN -> None). `criteria` is a Criteria, a name/path,
     or None: the run's own (`config.json` `criteria`), else `params/criteria/ms03.yaml`."""
     flows, steps, samples = results.flows, results.steps, results.samples
+    if not isinstance(criteria, crit.Criteria):
+        criteria = crit.load_criteria(
+            criteria or results.config.get("criteria") or crit.DEFAULT_CRITERIA
+        )
+    judged = saturation.judge(flows, steps, samples, criteria.saturation)
+    drivers = list(judged["processes"])  # the processes that ran flows: driver, or the workers
     lat = latency_stats(flows.loc[flows["ok"], "duration_s"])
     rates = success_rates(flows, steps)
     res = resources(samples)
@@ -81,7 +89,7 @@ def summarize(
         "rates": rates,
         "api_errors": api["total"],
         "api": api,
-        "peak_rss_mb": _cell(res, "driver", "peak_rss_mb"),
+        "peak_rss_mb": _peak_of(res, ["driver", *drivers], "peak_rss_mb"),
         "avg_cpu_pct": run_cpu["avg"],
         "peak_cpu_pct": run_cpu["peak"],
         "cpu_count": cpus,
@@ -91,7 +99,10 @@ def summarize(
         "memory_trend": trend,
         "resources": res.to_dict(orient="index"),
         "network": network(samples),
-        "loop_lag": loop_lag(samples),
+        "loop_lag": loop_lag(samples[samples["component"].isin(drivers)]),
+        "driver_saturated": judged["saturated"],
+        "driver_saturation": judged,
+        "worker_stats": worker_stats(results),
         "gauges": gauge_peaks(samples),
         "step_stats": step_breakdown(steps).to_dict(orient="index"),
         "error_classes": errs["by_class"],
@@ -104,11 +115,9 @@ def summarize(
         s["capacity"] = curve.to_dict(orient="records")
         s["knee_users"] = knee(curve)
     s = _json_safe(s)
-    if not isinstance(criteria, crit.Criteria):
-        criteria = crit.load_criteria(
-            criteria or results.config.get("criteria") or crit.DEFAULT_CRITERIA
-        )
     rows = crit.evaluate(criteria, s)
+    if judged["saturated"]:  # a warning row: it does not change the verdict
+        rows.append(saturation.criteria_row(judged))
     s["criteria_name"] = criteria.name
     s["criteria_title"] = criteria.title
     s["criteria"] = rows
@@ -141,6 +150,8 @@ def _run_facts(results: Results) -> dict[str, Any]:
         "shape": fact("shape"),
         "profile": fact("profile"),
         "users": fact("users", int(flows["user"].nunique()) if not flows.empty else 0),
+        "workers": fact("workers", 0),
+        "scheduler": fact("scheduler"),
         "started_at": datetime.fromtimestamp(wall, UTC).isoformat() if wall else fact("started_at"),
         "wall_s": _wall_s(results),
     }
@@ -170,6 +181,12 @@ def _faults(config: dict[str, Any]) -> Any:
         return config["faults_injected"]
     faults = config.get("faults")
     return None if faults in (None, "", "none") else faults
+
+
+def _peak_of(table: pd.DataFrame, rows: list[str], col: str) -> float | None:
+    """The highest `col` among `rows` (the driver and its workers: each its own budget)."""
+    values = [v for v in (_cell(table, row, col) for row in dict.fromkeys(rows)) if v is not None]
+    return max(values, default=None)
 
 
 def _cell(table: pd.DataFrame, row: str, col: str) -> float | None:

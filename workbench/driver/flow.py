@@ -111,6 +111,7 @@ class FlowContext:
     settings: FlowSettings = field(default_factory=FlowSettings)
     run_id: str = ""
     light_executor: Executor | None = None
+    worker: int | None = None  # the Dask worker running these flows (None: in-process)
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
 
@@ -132,9 +133,23 @@ class FlowContext:
         """Runs crypto off the event loop. Sub-millisecond work (signatures, ECIES) takes its own
         lane: in one FIFO pool it waited behind 10 ms encryptions, and a 0.1 ms step measured
         seconds of the driver's own queueing at 500 users."""
+        result, _ = await self.cpu_timed(fn, *args, light=light)
+        return result
+
+    async def cpu_timed(
+        self, fn: Callable[..., Any], *args: Any, light: bool = False
+    ) -> tuple[Any, float]:
+        """`cpu`, plus the seconds the call waited for a free thread: the driver's own
+        queueing, which the saturation check weighs (`workbench.analysis.saturation`)."""
         pool = self.light_executor if light and self.light_executor else self.executor
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        submitted = time.perf_counter()
+
+        def timed() -> tuple[Any, float]:
+            queued = time.perf_counter() - submitted
+            return fn(*args), queued
+
+        return await loop.run_in_executor(pool, timed)
 
 
 @dataclass
@@ -164,12 +179,21 @@ class FlowRun:
 
     def key(self) -> FlowKey:
         r = self.rec
-        return {
+        key: FlowKey = {
             "run_id": self.ctx.run_id,
             "flow_id": r.flow_id,
             "user": r.user,
             "address": r.address,
         }
+        if self.ctx.worker is not None:
+            key["worker"] = self.ctx.worker
+        return key
+
+    async def cpu(self, fn: Callable[..., Any], *args: Any, light: bool = False) -> Any:
+        """Crypto off the loop; the step's event records how long it queued for a thread."""
+        result, queued_s = await self.ctx.cpu_timed(fn, *args, light=light)
+        self.rec.step_extra["queued_s"] = round(queued_s, 6)
+        return result
 
     @asynccontextmanager
     async def step(self, name: str):
@@ -218,9 +242,9 @@ class FlowRun:
         ctx, w = self.ctx, self.wallet
         ep, s = ctx.endpoints, ctx.settings
         async with self.step("derive_key"):
-            password = await ctx.cpu(crypto.encryption_key, w.private_key, light=True)
+            password = await self.cpu(crypto.encryption_key, w.private_key, light=True)
         async with self.step("encrypt"):
-            blob = await ctx.cpu(crypto.encrypt_file, data, password)
+            blob = await self.cpu(crypto.encrypt_file, data, password)
         async with self.step("upload_file") as attempts:
             file_url = await self.upload(attempts, blob, "data.pgp")
         async with self.step("resolve_grantee"):
@@ -244,7 +268,7 @@ class FlowRun:
             server = identity["personal_server"]
             server_key = _uncompressed(server["public_key"])
         async with self.step("share_key"):
-            shared_key = await ctx.cpu(
+            shared_key = await self.cpu(
                 crypto.ecies_encrypt, server_key, password.encode(), light=True
             )
         async with self.step("read_nonce"):
@@ -264,7 +288,7 @@ class FlowRun:
             typed = permission.typed_data(
                 ep.chain_id, ep.contracts["DataPortabilityPermissions"], message
             )
-            signature = await ctx.cpu(permission.sign, w.private_key, typed, light=True)
+            signature = await self.cpu(permission.sign, w.private_key, typed, light=True)
         async with self.step("relay") as attempts:  # see `reconnecting`: never blindly re-sent
             body = {"typedData": typed, "signature": signature, "expectedUserAddress": w.address}
             answer = await self.reconnecting(
@@ -518,6 +542,7 @@ async def flow_context(
     clock: Clock | None = None,
     max_connections: int = 200,
     crypto_threads: int | None = None,
+    worker: int | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
 
@@ -543,7 +568,16 @@ async def flow_context(
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             yield FlowContext(
-                endpoints, session, w3, executor, emit, clock or Clock(), settings, run_id, light
+                endpoints,
+                session,
+                w3,
+                executor,
+                emit,
+                clock or Clock(),
+                settings,
+                run_id,
+                light,
+                worker,
             )
     finally:
         executor.shutdown(wait=False, cancel_futures=True)

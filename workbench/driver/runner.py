@@ -207,7 +207,7 @@ class Runner:
         return ws
 
     def _sampler(self, target: Target):
-        from workbench.driver.sampler import LoopLagProbe, Sampler
+        from workbench.driver.sampler import ControlTicker, LoopLagProbe, Sampler
 
         self.console.say(console.STARTING_METRICS)
         ep = target.endpoints
@@ -229,6 +229,7 @@ class Runner:
             rpc_url=ep.rpc_url if target.kind == "local" else None,
             clock=self.clock,
             lag_probe=LoopLagProbe(),
+            control=ControlTicker(),  # the idle control of the loop lag: the saturation check
         )
 
     async def _start_faults(self, stack: AsyncExitStack) -> None:

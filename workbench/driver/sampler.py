@@ -10,7 +10,14 @@ to `samples.csv` and flushes them, so a killed run keeps what it sampled.
   loopback included: the local stack talks over 127.0.0.1);
 - gauges: every numeric value of each component's `/metrics` JSON, and anvil's `txpool_pending` /
   `txpool_queued` from `txpool_status`; a failed fetch is skipped, never fatal;
-- `driver loop_lag_ms`: the worst event-loop lateness seen by a `LoopLagProbe` in the interval.
+- `driver loop_lag_ms`: the worst event-loop lateness seen by a `LoopLagProbe` in the interval;
+- `driver control_lag_ms`: the same for an idle `ControlTicker` in its own process over the same
+  window (what the machine alone costs a loop that does nothing: the control of loop_lag_ms);
+- `driver loop_cpu_pct` / `crypto_cpu_pct`: CPU of the event-loop thread and of the crypto pool's
+  threads, % of one core (a loop near 100 % is the driver's own bottleneck).
+
+On a Dask worker the sampled process is named `worker<i>` instead of `driver`, and rows go to a
+`sink` (streamed to the coordinator) instead of a CSV.
 
 The psutil work runs in the sampler's own thread so it does not stall the event loop that times
 the users' flows.
@@ -21,10 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,12 +111,92 @@ class LoopLagProbe:
         await self.stop()
 
 
+# The control: a bare 10 ms asyncio ticker in its own process, printing its delays (ms) as one
+# JSON list per half second. It exits when its stdout closes (the driver stopped or died).
+_CONTROL_TICKER = """
+import asyncio, json, sys, time
+async def main(tick=0.01):
+    batch, last = [], time.monotonic()
+    while True:
+        before = time.perf_counter()
+        await asyncio.sleep(tick)
+        batch.append(round(max(0.0, (time.perf_counter() - before - tick) * 1000), 3))
+        if time.monotonic() - last >= 0.5:
+            print(json.dumps(batch), flush=True)
+            batch, last = [], time.monotonic()
+try:
+    asyncio.run(main())
+except (BrokenPipeError, KeyboardInterrupt):
+    pass
+"""
+
+
+class ControlTicker:
+    """The control of `LoopLagProbe`: the same ticker in a separate, otherwise idle process.
+
+    Lag it sees too comes from the machine (the stack, neighbours, too few cores); lag only the
+    driver's loop sees is the driver's own. Same interface as the probe: `take_max()` per
+    sample, `delays_ms` in full. A reader thread collects its lines, off the event loop.
+    """
+
+    def __init__(self) -> None:
+        self.delays_ms: list[float] = []
+        self._window_max = 0.0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        if self._proc is not None:
+            return
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _CONTROL_TICKER],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, name="control-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            with contextlib.suppress(ValueError):
+                batch = [float(v) for v in json.loads(line)]
+                with self._lock:
+                    self.delays_ms += batch
+                    self._window_max = max(self._window_max, *batch, 0.0)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def take_max(self) -> float:
+        """The worst delay (ms) since the last call, then resets the window."""
+        with self._lock:
+            worst, self._window_max = self._window_max, 0.0
+        return worst
+
+
 class Sampler:
     """Samples processes, the system and the stack's gauges into `out_csv` every `interval_s`."""
 
     def __init__(
         self,
-        out_csv: str | Path,
+        out_csv: str | Path | None,
         processes: dict[str, int] | None = None,
         gauges: dict[str, str] | None = None,
         rpc_url: str | None = None,
@@ -113,9 +204,15 @@ class Sampler:
         clock: Clock | None = None,
         lag_probe: LoopLagProbe | None = None,
         http_timeout_s: float = 1.0,
+        control: ControlTicker | None = None,
+        name: str = "driver",
+        sink: Callable[[list[Row]], None] | None = None,
     ):
-        self.out_csv = Path(out_csv)
-        self.processes: dict[str, int] = {"driver": os.getpid(), **(processes or {})}
+        self.out_csv = Path(out_csv) if out_csv is not None else None
+        self.name = name  # this process's component: driver, or worker<i> on a Dask worker
+        self.sink = sink  # rows go here instead of the CSV (a worker streams them)
+        self.control = control
+        self.processes: dict[str, int] = {name: os.getpid(), **(processes or {})}
         self.gauges = dict(gauges or {})
         self.rpc_url = rpc_url
         self.interval_s = interval_s
@@ -132,6 +229,9 @@ class Sampler:
         self._file: Any = None
         self._writer: Any = None
         self._owns_probe = False
+        self._loop_tid: int | None = None  # the event loop's thread (native id)
+        self._thread_cpu: dict[int, float] = {}  # CPU seconds per thread at the last tick
+        self._thread_t = 0.0
 
     def add_process(self, component: str, pid: int) -> None:
         """Starts sampling another process (e.g. a crypto pool worker) from the next tick."""
@@ -143,6 +243,9 @@ class Sampler:
         if self._task is not None:
             return
         self._open_csv()
+        self._loop_tid = threading.get_native_id()  # start() runs on the loop it watches
+        if self.control is not None:
+            self.control.start()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._prime)
@@ -168,6 +271,8 @@ class Sampler:
         if self._owns_probe and self.lag_probe is not None:
             await self.lag_probe.stop()
             self._owns_probe = False
+        if self.control is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.control.stop)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -209,9 +314,11 @@ class Sampler:
             self._sample_gauges(),
         )
         rows: list[Row] = [(t, wall, c, pid, m, v) for c, pid, m, v in local + remote]
+        pid = self.processes[self.name]
         if self.lag_probe is not None:
-            pid = self.processes["driver"]
-            rows.append((t, wall, "driver", pid, "loop_lag_ms", self.lag_probe.take_max()))
+            rows.append((t, wall, self.name, pid, "loop_lag_ms", self.lag_probe.take_max()))
+        if self.control is not None:
+            rows.append((t, wall, self.name, pid, "control_lag_ms", self.control.take_max()))
         self._write(rows)
         self.ticks += 1
         return rows
@@ -219,6 +326,8 @@ class Sampler:
     # --- CSV -----------------------------------------------------------------------------------
 
     def _open_csv(self) -> None:
+        if self.out_csv is None:
+            return
         self.out_csv.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.out_csv.exists() or self.out_csv.stat().st_size == 0
         self._file = open(self.out_csv, "a", newline="", encoding="utf-8")  # noqa: SIM115
@@ -227,7 +336,14 @@ class Sampler:
             self._writer.writerow(HEADER)
             self._file.flush()
 
+    def write_rows(self, rows: list[Row]) -> None:
+        """Appends rows sampled elsewhere (a Dask worker's) to this sampler's CSV."""
+        self._write(rows)
+
     def _write(self, rows: list[Row]) -> None:
+        if self.sink is not None:
+            self.sink(rows)
+            return
         if self._file is None:
             return
         self._writer.writerows(
@@ -242,6 +358,7 @@ class Sampler:
         psutil.cpu_percent(None)
         for component in self.processes:
             self._process(component)
+        self._thread_cpu_pct()  # sets the origin of the threads' CPU
 
     def _process(self, component: str) -> psutil.Process | None:
         proc = self._procs.get(component)
@@ -262,6 +379,8 @@ class Sampler:
         for component in list(self.processes):
             if component not in self._dead:
                 out += self._sample_process(component, inet_inodes)
+        pid = self.processes[self.name]
+        out += [(self.name, pid, m, v) for m, v in self._thread_cpu_pct().items()]
         out.append(("system", "", "cpu_pct", psutil.cpu_percent(None)))
         net = psutil.net_io_counters()
         out.append(("system", "", "net_sent_bytes", float(net.bytes_sent)))
@@ -291,6 +410,32 @@ class Sampler:
             pass  # another user's process: keep what we could read
         values.update(_optional_counts(proc, inet_inodes))
         return [(component, pid, metric, float(v)) for metric, v in values.items()]
+
+    def _thread_cpu_pct(self) -> dict[str, float]:
+        """CPU of this process's event-loop thread and crypto threads since the last call, as %
+        of one core (empty on the first call, which sets the origin)."""
+        proc = self._process(self.name)
+        if proc is None or self._loop_tid is None:
+            return {}
+        try:
+            now, times = (
+                time.monotonic(),
+                {t.id: t.user_time + t.system_time for t in proc.threads()},
+            )
+        except psutil.Error:
+            return {}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        before, span = self._thread_cpu, now - self._thread_t
+        self._thread_cpu, self._thread_t = times, now
+        if not before or span <= 0:
+            return {}
+        used = {"loop_cpu_pct": 0.0, "crypto_cpu_pct": 0.0}
+        for tid, cpu in times.items():
+            if tid == self._loop_tid:
+                used["loop_cpu_pct"] += cpu - before.get(tid, 0.0)
+            elif (names.get(tid) or "").startswith("crypto"):
+                used["crypto_cpu_pct"] += cpu - before.get(tid, 0.0)
+        return {metric: 100 * max(0.0, cpu) / span for metric, cpu in used.items()}
 
     def _mark_dead(self, component: str, pid: int) -> list[tuple[str, int | str, str, float]]:
         self._dead.add(component)

@@ -103,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--faults")
     r.add_argument("--output-dir", dest="output_dir")
     r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--workers", type=int, help="0: in this process (default); N: a local Dask cluster of N"
+    )
+    r.add_argument("--scheduler", help="an existing Dask cluster: tcp://host:8786")
     r.add_argument("--fail-on-criteria", action="store_true", dest="fail_on_criteria", default=None)
     r.add_argument("--no-report", action="store_true", help="skip rendering report.html")
     r.set_defaults(func=_run)

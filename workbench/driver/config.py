@@ -34,6 +34,8 @@ DATA_SIZES = ("small", "medium", "large", "mixed")
 MAX_USERS = 10_000
 DEFAULT_PROMPT = "Summarize this user's data in three bullet points, as JSON."
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SCHEDULER = re.compile(r"(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:\d{1,5}")
+MAX_WORKERS = 64
 
 
 def new_run_id(shape: str, users: int) -> str:
@@ -71,6 +73,10 @@ class RunConfig:
     max_connections: int = 200
     run_id: str | None = None  # None: generated, see new_run_id
     inference_prompt: str = DEFAULT_PROMPT
+    # Scale-out (`workbench.driver.cluster`): 0 runs every flow in this process; N shards the
+    # users over a local Dask cluster of N worker processes; `scheduler` joins an existing one.
+    workers: int = 0
+    scheduler: str | None = None  # tcp://host:8786; None: a LocalCluster when workers > 0
 
     new_run_id = staticmethod(new_run_id)
 
@@ -331,6 +337,18 @@ def _run_id(value: Any) -> str | None:
     return value
 
 
+def _scheduler(value: Any) -> str | None:
+    """A Dask scheduler address, or None (also "" / "none" from a notebook or a params file)."""
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    if not isinstance(value, str) or not _SCHEDULER.fullmatch(value.strip()):
+        raise _Bad(
+            f"must be a Dask scheduler address like tcp://host:8786, got {value!r}",
+            advice="or leave it unset to start a local cluster of `workers` processes",
+        )
+    return value.strip()
+
+
 def _output_dir(value: Any) -> str:
     if not isinstance(value, str | Path) or not str(value).strip():
         raise _Bad(f"must be a directory path, got {value!r}")
@@ -402,6 +420,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _int(1, 100_000),
     "run_id": _run_id,
     "inference_prompt": _text(4000),
+    "workers": _int(0, MAX_WORKERS),
+    "scheduler": _scheduler,
 }
 _FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
@@ -411,6 +431,8 @@ _EXAMPLES: dict[str, Any] = {
     "rate_per_s": 2.5,
     "flow_timeout_s": 300,
     "run_id": "ms03-baseline",
+    "workers": 2,
+    "scheduler": "tcp://127.0.0.1:8786",
 }
 assert set(_CHECKS) == set(_FIELD_NAMES), "every RunConfig field needs a check"
 
@@ -434,6 +456,13 @@ def _check_together(v: dict[str, Any], explicit_run_id: bool) -> None:
         )
     if shape == "steps":
         _check_steps(v)
+    if v["workers"] > v["users"]:
+        raise _Bad(
+            f"must be at most users ({v['users']}): each worker runs a share of the users, "
+            f"got {v['workers']}",
+            example=min(2, v["users"]),
+            field="workers",
+        )
     if explicit_run_id and v["run_id"] is not None:
         results = project_path(v["output_dir"]) / v["run_id"]
         # Only events make it a run: papermill writes its output notebook there first.

@@ -114,6 +114,7 @@ class Runner:
         self.local: Any = None  # the LocalStack this run started: fault actions act on it
         self.t_start = 0.0  # the run's start on the clock: shapes count from there
         self.sampler: Any = None
+        self.cluster: Any = None  # the Dask coordinator of a run with workers
 
     async def execute(self) -> RunOutcome:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -124,33 +125,16 @@ class Runner:
                 target = await self._target(stack)
                 ws = await self._wallets(target)
                 self.writer.add_secrets([*ws.private_keys(), ws.mnemonic])
+                await self._cluster(stack)  # Dask workers, when the run has them
                 self._write_config(target, ws)
                 # t=0 once setup (stack start, funding) is done, just before the first sample:
                 # events, samples, throughput windows and the timeline all count from here.
                 self.clock.restart()
                 self.sampler = await stack.enter_async_context(self._sampler(target))
-                settings = FlowSettings.from_profile(
-                    self.profile,
-                    flow_timeout_s=self.cfg.flow_timeout_s,
-                    prompt=self.cfg.inference_prompt,
-                )
-                ctx = await stack.enter_async_context(
-                    flow_context(
-                        target.endpoints,
-                        self._emit,
-                        settings,
-                        run_id=self.cfg.run_id,
-                        clock=self.clock,
-                        max_connections=self.cfg.max_connections,
-                    )
-                )
-                self.t_start = self.clock.now()  # shapes count from the run's start
-                self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
-                await self._start_faults(stack)
-                try:
-                    await self._drive(ctx, ws)
-                finally:  # on Ctrl-C or an error, flows end as cancelled while their clients
-                    await self._cancel_inflight()  # and the stack still run, not as failures
+                if self.cluster is not None:  # the workers run the flows; they stream here
+                    await self.cluster.drive(self, stack, target, ws)
+                else:
+                    await self._drive_here(stack, target, ws)
         except asyncio.CancelledError:
             reason = "interrupted"
             raise
@@ -168,6 +152,43 @@ class Runner:
             self.writer.close()
             self.outcome.reason = reason
         return self.outcome
+
+    async def _drive_here(
+        self, stack: AsyncExitStack, target: Target, ws: wallets.WalletSet
+    ) -> None:
+        """Runs every flow in this process, on this event loop."""
+        settings = FlowSettings.from_profile(
+            self.profile,
+            flow_timeout_s=self.cfg.flow_timeout_s,
+            prompt=self.cfg.inference_prompt,
+        )
+        ctx = await stack.enter_async_context(
+            flow_context(
+                target.endpoints,
+                self._emit,
+                settings,
+                run_id=self.cfg.run_id,
+                clock=self.clock,
+                max_connections=self.cfg.max_connections,
+            )
+        )
+        self.t_start = self.clock.now()  # shapes count from the run's start
+        self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
+        await self._start_faults(stack)
+        try:
+            await self._drive(ctx, ws)
+        finally:  # on Ctrl-C or an error, flows end as cancelled while their clients
+            await self._cancel_inflight()  # and the stack still run, not as failures
+
+    async def _cluster(self, stack: AsyncExitStack) -> None:
+        """Starts (or joins) the run's Dask cluster; in-process runs (workers 0) have none."""
+        if not self.cfg.workers and not self.cfg.scheduler:
+            return
+        # Lazy: distributed costs ~1 s and tens of MB to import, which in-process runs (the
+        # default) and the driver's judged RSS should not pay.
+        from workbench.driver.cluster import Coordinator
+
+        self.cluster = await stack.enter_async_context(Coordinator(self.cfg, self.console.say))
 
     async def _target(self, stack: AsyncExitStack) -> Target:
         if self.target is not None:
@@ -252,7 +273,7 @@ class Runner:
         self.console.say(console.MONITORING_ACTIVE)
         self.console.say(console.launching(self.cfg.users, self.cfg.shape))
         self.console.start_bar(expected)
-        for launch in shape.launches():
+        for launch in self._launches(shape):
             delay = launch.at_s - self._since_start()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -264,6 +285,15 @@ class Runner:
             bugs = [e for e in done if isinstance(e, Exception)]
             if bugs:
                 raise bugs[0]
+
+    def _launches(self, shape: shapes.LoadShape) -> Any:
+        """The launches this process runs: all of them (a Dask worker runs its shard)."""
+        return shape.launches()
+
+    def _new_flow_id(self, wallet: Wallet) -> int:
+        """Unique in the run, in launch order (a Dask worker interleaves with the others)."""
+        flow_id, self.next_flow_id = self.next_flow_id, self.next_flow_id + 1
+        return flow_id
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -294,8 +324,7 @@ class Runner:
             return None
 
     async def _one_flow(self, ctx: FlowContext, wallet: Wallet, launch: Any) -> None:
-        flow_id = self.next_flow_id
-        self.next_flow_id += 1
+        flow_id = self._new_flow_id(wallet)
         size = shapes.data_size_for(self.cfg.data_size, flow_id)
         extra = self._stage(launch)
         # Built in the flow pool, not on the loop: ~0.25 ms of Python for 10 KB, ~1.7 ms for
@@ -339,6 +368,7 @@ class Runner:
             "wallet_addresses": ws.addresses,
             "inference_backend": "simulated" if target.kind == "local" else "remote",
             "faults_injected": self.faults.describe() if self.faults else None,
+            "dask": self.cluster.describe() if self.cluster is not None else None,
             "versions": versions(),
             "cpu_count": os.cpu_count(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

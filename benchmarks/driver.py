@@ -22,6 +22,14 @@ flows phase only (from the first launch to the last outcome):
 
     .venv/bin/python benchmarks/driver.py [--users 50 500] [--runs 3]
         [--shape burst|staggered --ramp-s 2] [--data-size medium] [--repeats 20] [--keep]
+    .venv/bin/python benchmarks/driver.py --workers 2 [--users 2000]
+
+`--workers N` runs each user count (default 2,000) twice, in-process and on a local Dask cluster
+of N worker processes (`workbench.driver.cluster`), and prints them side by side: CPU per flow
+(in-process: the driver; on Dask: the workers' processes, psutil, over the flows phase, with the
+coordinator's beside it), loop lag p99 per flow-running process (worst per 0.5 s sample, from
+samples.csv, for both modes alike; the idle control's beside it), RSS per 1,000 users (peak RSS
+of every driver process summed: the workers and the coordinator), and flows/min.
 
 `BENCH_CPROFILE=out.prof` adds a cProfile (thread CPU clock) of the loop thread over the flows
 phase, for finding hot spots; never quote the figures of a profiled run.
@@ -272,8 +280,10 @@ def measure_one(
     n = max(1, len(flows))
     cpu_per_flow_ms = b["cpu_s"] / n * 1e3
     lag = b["lag"]
+    sampled = _sampled(outcome.results_dir).get("driver", {})
     if not keep:
         shutil.rmtree(out_dir, ignore_errors=True)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "users": users,
         "shape": shape if shape == "burst" else f"{shape} over {ramp_s:g} s",
@@ -304,9 +314,134 @@ def measure_one(
         "loop_thread": b["loop_thread"],
         "stack_cpu_s": b["stack_cpu_s"],
         "system_cpu_busy_pct": b["system_cpu_busy_pct"],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss, 1),
+        "rss_mb_per_1000_users": round(peak_rss / users * 1000, 1),
+        "sampled_loop_lag_p99_ms": {"driver": sampled.get("loop_lag_p99_ms")},
+        "sampled_control_lag_p99_ms": {"driver": sampled.get("control_lag_p99_ms")},
         "rss_end_mb": round(b["rss_end_mb"], 1),
         "results_dir": str(outcome.results_dir) if keep else None,
+    }
+
+
+def _sampled(results_dir: Path) -> dict:
+    """Per flow-running process, from samples.csv and summary-style reading: loop lag p99
+    (worst per sample), its control's, peak RSS; the same statistic for both modes."""
+    from workbench.analysis.results import load_samples
+
+    samples = load_samples(results_dir / "samples.csv")
+    out = {}
+    for comp, rows in samples.groupby("component"):
+        lag = rows.loc[rows["metric"] == "loop_lag_ms", "value"].tolist()
+        if not lag:
+            continue
+        control = rows.loc[rows["metric"] == "control_lag_ms", "value"].tolist()
+        rss = rows.loc[rows["metric"] == "rss_mb", "value"].tolist()
+        out[comp] = {
+            "loop_lag_p99_ms": round(_pct(lag, 0.99), 1),
+            "control_lag_p99_ms": round(_pct(control, 0.99), 1) if control else None,
+            "peak_rss_mb": round(max(rss), 1) if rss else None,
+        }
+    return out
+
+
+def measure_workers(users: int, workers: int, shape: str, ramp_s: float, data_size: str) -> dict:
+    """One run on a local Dask cluster of `workers` processes; its figures."""
+    import psutil
+
+    from workbench.driver.cluster import Coordinator
+    from workbench.driver.config import RunConfig
+    from workbench.driver.runner import Runner
+    from workbench.events import read_events
+
+    bench: dict = {}
+
+    class MeasuredCoordinator(Coordinator):
+        """The real coordinator; brackets the flows phase (agreed start to last shard)."""
+
+        async def _start(self, runner):
+            self.procs = {w.index: psutil.Process(w.pid) for w in self.workers}
+            self.cpu0 = {i: sum(p.cpu_times()[:2]) for i, p in self.procs.items()}
+            self.me, self.t0 = psutil.Process(), time.perf_counter()
+            self.me0 = sum(self.me.cpu_times()[:2])
+            return await super()._start(runner)
+
+        async def _until_done(self):
+            try:
+                await super()._until_done()
+            finally:
+                cpu = {}
+                for i, p in self.procs.items():
+                    try:
+                        cpu[i] = sum(p.cpu_times()[:2]) - self.cpu0[i]
+                    except psutil.Error:
+                        cpu[i] = None
+                bench.update(
+                    wall_s=time.perf_counter() - self.t0 - 1.0,  # less START_LEAD_S
+                    workers_cpu_s=cpu,
+                    coordinator_cpu_s=sum(self.me.cpu_times()[:2]) - self.me0,
+                )
+
+    class MeasuredRunner(Runner):
+        async def _cluster(self, stack):
+            self.cluster = await stack.enter_async_context(
+                MeasuredCoordinator(self.cfg, self.console.say)
+            )
+
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-workers-"))
+    os.environ["WORKBENCH_WALLET_FILE"] = str(out_dir / "wallets.json")
+    config = RunConfig.from_params(
+        users=users,
+        profile="fast",
+        shape=shape,
+        ramp_s=ramp_s,
+        data_size=data_size,
+        output_dir=str(out_dir),
+        workers=workers,
+        seed=0,
+    )
+    outcome = asyncio.run(MeasuredRunner(config, progress=True, out=sys.stderr).execute())
+    flows = [e for e in read_events(outcome.results_dir / "events.jsonl") if e["kind"] == "flow"]
+    n = max(1, len(flows))
+    sampled = _sampled(outcome.results_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cpu = [v for v in bench["workers_cpu_s"].values() if v is not None]
+    rss = [p["peak_rss_mb"] for p in sampled.values() if p["peak_rss_mb"]]
+    return {
+        "users": users,
+        "workers": workers,
+        "flows": len(flows),
+        "success_rate": round(sum(e["ok"] for e in flows) / n, 4),
+        "failures": dict(
+            Counter(f"{e['failed_step']}:{e['error_class']}" for e in flows if not e["ok"])
+        ),
+        "wall_s": round(bench["wall_s"], 2),
+        "flows_per_min": round(len(flows) / bench["wall_s"] * 60, 1),
+        "cpu_ms_per_flow": round(sum(cpu) / n * 1e3, 2),
+        "coordinator_cpu_ms_per_flow": round(bench["coordinator_cpu_s"] / n * 1e3, 2),
+        "loop_lag_p99_ms": {c: p["loop_lag_p99_ms"] for c, p in sampled.items() if c != "driver"},
+        "control_lag_p99_ms": {
+            c: p["control_lag_p99_ms"] for c, p in sampled.items() if c != "driver"
+        },
+        "peak_rss_mb": {c: p["peak_rss_mb"] for c, p in sampled.items()},
+        "rss_mb_per_1000_users": round(sum(rss) / users * 1000, 1),
+    }
+
+
+def side_by_side(here: dict, dask: dict) -> dict:
+    """The four figures the issue asks for, in-process vs on Dask."""
+    return {
+        "cpu_ms_per_flow": [here.get("driver_cpu_ms_per_flow"), dask.get("cpu_ms_per_flow")],
+        "loop_lag_p99_ms_per_process": [
+            here.get("sampled_loop_lag_p99_ms"),
+            dask.get("loop_lag_p99_ms"),
+        ],
+        "rss_mb_per_1000_users": [
+            here.get("rss_mb_per_1000_users"),
+            dask.get("rss_mb_per_1000_users"),
+        ],
+        "flows_per_min": [here.get("flows_per_min"), dask.get("flows_per_min")],
+        "success_rate": [here.get("success_rate"), dask.get("success_rate")],
+        "columns": ["in_process", f"workers_{dask.get('workers')}"],
     }
 
 
@@ -326,11 +461,13 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def _child(args: argparse.Namespace, users: int, ramp_s: float) -> dict:
+def _child(args: argparse.Namespace, users: int, ramp_s: float, workers: int = 0) -> dict:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--one",
+        "--workers",
+        str(workers),
         "--users",
         str(users),
         "--shape",
@@ -352,7 +489,10 @@ def _child(args: argparse.Namespace, users: int, ramp_s: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--users", type=int, nargs="+", help="default 50 500; with --workers, 2000")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="N: also run on N Dask workers, side by side"
+    )
     parser.add_argument("--runs", type=int, default=1, help="runs per user count (medians)")
     parser.add_argument("--shape", default="burst", choices=["burst", "staggered"])
     parser.add_argument("--ramp-s", type=float, default=0.0, help="for --shape staggered")
@@ -362,13 +502,30 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     ramp_s = args.ramp_s if args.shape == "staggered" else 0.0
+    args.users = args.users or ([2000] if args.workers else [50, 500])
     if args.one:
-        figures = measure_one(
-            args.users[0], args.shape, ramp_s, args.data_size, args.repeats, args.keep
-        )
+        if args.workers:
+            figures = measure_workers(
+                args.users[0], args.workers, args.shape, ramp_s, args.data_size
+            )
+        else:
+            figures = measure_one(
+                args.users[0], args.shape, ramp_s, args.data_size, args.repeats, args.keep
+            )
         print(json.dumps(figures))
         return
     report = {"profile": "fast", "cpus": os.cpu_count(), "runs_per_count": args.runs}
+    if args.workers:  # one run each: in-process, then on Dask
+        for users in args.users:
+            here = _child(args, users, ramp_s)
+            dask = _child(args, users, ramp_s, args.workers)
+            report[f"users_{users}"] = {
+                "side_by_side": side_by_side(here, dask),
+                "in_process": here,
+                f"workers_{args.workers}": dask,
+            }
+        print(json.dumps(report, indent=2))
+        return
     for users in args.users:
         runs = [_child(args, users, ramp_s) for _ in range(args.runs)]
         good = [r for r in runs if "error" not in r]

@@ -119,6 +119,12 @@ BAD_VALUES = [
     ("run_id", 7),
     ("inference_prompt", ""),
     ("inference_prompt", "x" * 5000),
+    ("workers", -1),
+    ("workers", 65),
+    ("workers", 1.5),
+    ("scheduler", "127.0.0.1:8786"),
+    ("scheduler", "http://host:8786"),
+    ("scheduler", 8786),
 ]
 
 
@@ -361,3 +367,14 @@ def test_any_unknown_shape_is_refused(criteria, shape):
         return
     err = error_of(criteria=criteria, shape=shape)
     assert err.field == "shape" and repr(shape) in err.problem
+
+
+def test_workers_and_scheduler(ok):
+    cfg = RunConfig.from_params(**{**ok, "workers": "2", "scheduler": ""})
+    assert cfg.workers == 2 and cfg.scheduler is None
+    joined = RunConfig.from_params(**{**ok, "scheduler": "tcp://127.0.0.1:8786"})
+    assert joined.scheduler == "tcp://127.0.0.1:8786" and joined.workers == 0
+    err = error_of(**{**ok, "users": 3, "workers": 4})
+    assert err.field == "workers" and "at most users" in err.problem
+    cli = RunConfig.from_cli({"workers": 2, "scheduler": None, **ok})
+    assert cli.workers == 2

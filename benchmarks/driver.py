@@ -294,6 +294,7 @@ def measure_one(
         "failures": dict(failures),
         "wall_s": round(b["wall_s"], 3),
         "flows_per_min": round(len(flows) / b["wall_s"] * 60, 1),
+        "ok_flows_per_min": round(sum(e["ok"] for e in flows) / b["wall_s"] * 60, 1),
         "flow_duration_s": {
             "p50": round(_pct(durations, 0.5), 3),
             "p95": round(_pct(durations, 0.95), 3),
@@ -416,6 +417,7 @@ def measure_workers(users: int, workers: int, shape: str, ramp_s: float, data_si
         ),
         "wall_s": round(bench["wall_s"], 2),
         "flows_per_min": round(len(flows) / bench["wall_s"] * 60, 1),
+        "ok_flows_per_min": round(sum(e["ok"] for e in flows) / bench["wall_s"] * 60, 1),
         "cpu_ms_per_flow": round(sum(cpu) / n * 1e3, 2),
         "coordinator_cpu_ms_per_flow": round(bench["coordinator_cpu_s"] / n * 1e3, 2),
         "loop_lag_p99_ms": {c: p["loop_lag_p99_ms"] for c, p in sampled.items() if c != "driver"},
@@ -440,6 +442,7 @@ def side_by_side(here: dict, dask: dict) -> dict:
             dask.get("rss_mb_per_1000_users"),
         ],
         "flows_per_min": [here.get("flows_per_min"), dask.get("flows_per_min")],
+        "ok_flows_per_min": [here.get("ok_flows_per_min"), dask.get("ok_flows_per_min")],
         "success_rate": [here.get("success_rate"), dask.get("success_rate")],
         "columns": ["in_process", f"workers_{dask.get('workers')}"],
     }

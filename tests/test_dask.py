@@ -13,6 +13,7 @@ from collections import Counter
 
 import psutil
 import pytest
+from test_events import schema_problems
 
 from workbench.driver.cluster import Coordinator
 from workbench.driver.config import RunConfig
@@ -71,6 +72,7 @@ async def test_a_burst_on_two_workers_streams_every_event_into_one_run(tmp_path,
     by_worker = Counter(f["worker"] for f in flows)
     assert by_worker == {0: 100, 1: 100}
     assert all("worker" in e for e in events if e["kind"] in ("step", "flow"))
+    assert [p for e in events for p in schema_problems(e)] == []
     assert all(e["user"] % 2 == e["worker"] for e in flows)  # users sharded u % N
     marks = [e for e in events if e["kind"] == "run" and e["event"] == "worker"]
     assert sorted(m["worker"] for m in marks) == [0, 1]
@@ -126,6 +128,7 @@ async def test_a_worker_killed_mid_run_leaves_every_flow_exactly_one_outcome(tmp
     counts = outcomes(events)
     assert started <= set(counts)  # every flow that ran a step has an outcome ...
     assert set(counts.values()) == {1}  # ... and exactly one
+    assert [p for e in events for p in schema_problems(e)] == []
     lost = [e for e in events if e["kind"] == "run" and e["event"] == "worker_lost"]
     assert [m["worker"] for m in lost] == [1]
     driver_failures = [

@@ -114,6 +114,7 @@ class RunMark(TypedDict):
     run_id: str
     users: NotRequired[int]  # start
     shape: NotRequired[str]  # start
+    workers: NotRequired[int]  # start, on Dask: how many workers run the flows
     reason: NotRequired[str]  # end: completed | interrupted | error: <type>; dropped: why
     flows: NotRequired[int]  # end: flows that finished
     ok: NotRequired[int]  # end: of which ok

@@ -29,11 +29,11 @@ def worker_stats(results: Results) -> dict[str, dict[str, Any]]:
         comp = worker_component(w)
         mine = flows[flows["worker"] == w] if "worker" in flows else flows.iloc[0:0]
         proc = samples[samples["component"] == comp]
-        offset = joined.get(w, {}).get("clock_offset_s")
+        offset, pid = joined.get(w, {}).get("clock_offset_s"), joined.get(w, {}).get("pid")
         out[comp] = {
             "worker": w,
             "address": joined.get(w, {}).get("address") or lost.get(w, {}).get("address"),
-            "pid": joined.get(w, {}).get("pid"),
+            "pid": None if pid is None else int(pid),
             "flows": len(mine),
             "ok": int(mine["ok"].sum()) if len(mine) else 0,
             "failed": int((mine["status"] == "failed").sum()) if len(mine) else 0,

@@ -165,14 +165,18 @@ def saturation_banner_html(s: Mapping[str, Any]) -> str:
 def workers_table_html(s: Mapping[str, Any]) -> str:
     """One row per Dask worker: its flows, outcomes, clock offset, loop lag and resources."""
     stats = s.get("worker_stats") or {}
-    cols = ("flows", "ok", "failed", "lost_flows", "clock_offset_ms", "loop_lag_p99_ms")
-    cols += ("control_lag_p99_ms", "avg_cpu_pct", "peak_rss_mb")
+    cols = (
+        *("flows", "ok", "failed", "lost_flows", "clock_offset_ms", "loop_lag_p99_ms"),
+        *("control_lag_p99_ms", "avg_cpu_pct", "peak_rss_mb"),
+    )
     rows = [
         [name + (" (lost)" if w.get("lost") else ""), *(w.get(c) for c in cols)]
         for name, w in stats.items()
     ]
-    headers = ("Worker", "Flows", "Ok", "Failed", "Lost in flight", "Clock offset ms")
-    headers += ("Loop lag p99 ms", "Control lag p99 ms", "CPU % avg", "RSS MB peak")
+    headers = (
+        *("Worker", "Flows", "Ok", "Failed", "Lost in flight", "Clock offset ms"),
+        *("Loop lag p99 ms", "Control lag p99 ms", "CPU % avg", "RSS MB peak"),
+    )
     return _table(headers, rows, "wb-workers")
 
 

@@ -53,7 +53,7 @@ def _marks(marks: pd.DataFrame, event: str) -> dict[int, dict[str, Any]]:
         return {}
     rows = marks[(marks["event"] == event) & marks["worker"].notna()]
     return {
-        int(r["worker"]): {k: v for k, v in r.items() if not _missing(v)}
+        int(r["worker"]): {str(k): v for k, v in r.items() if not _missing(v)}
         for r in rows.to_dict("records")
     }
 

@@ -214,16 +214,16 @@ class Coordinator:
 
     async def _all_ready(self) -> None:
         waits = [asyncio.create_task(w.ready.wait()) for w in self.workers]
-        failures = [asyncio.create_task(self._failed(w)) for w in self.workers]
+        everyone: asyncio.Future[Any] = asyncio.gather(*waits)
+        watched: list[asyncio.Future[Any]] = [everyone]
+        watched += [asyncio.create_task(self._failed(w)) for w in self.workers]
         try:
             done, _ = await asyncio.wait(
-                [asyncio.gather(*waits), *failures],
-                timeout=READY_TIMEOUT_S,
-                return_when=asyncio.FIRST_COMPLETED,
+                watched, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (*waits, *failures):
-                task.cancel()
+            for pending in (*waits, *watched):
+                pending.cancel()
         if not done:
             raise WorkbenchError(
                 "workers",
@@ -344,7 +344,7 @@ class Coordinator:
 
     def _record(self, w: _Worker, event: dict[str, Any]) -> None:
         assert self.runner is not None
-        kind, flow_id = event.get("kind"), event.get("flow_id")
+        kind, flow_id = event.get("kind"), int(event.get("flow_id", -1))
         if kind == "_started":
             self.inflight[flow_id] = _InFlight(
                 w.index, flow_id, event["user"], event["address"], event["t"]

@@ -129,7 +129,7 @@ def _set_go(handle: _Handle, value: Any) -> None:
         handle.go.set_result(value)
 
 
-class _Discard(io.TextIOBase):
+class _Discard(io.StringIO):
     """The shard's console: the coordinator prints the run's lines."""
 
     def write(self, text: str) -> int:
@@ -165,7 +165,7 @@ class ShardRunner(Runner):
         endpoints = Endpoints(**spec.endpoints)
         target = Target(spec.target_kind, endpoints, {}, "")  # type: ignore[arg-type]
         super().__init__(config, target, progress=False, out=_Discard())
-        self.spec, self.handle = spec, handle
+        self.spec, self.handle, self.endpoints = spec, handle, endpoints
         self.outbox = _Outbox(spec.worker, send)
         self.seq = 0
 
@@ -187,7 +187,7 @@ class ShardRunner(Runner):
             stack.callback(flusher.cancel)
             ctx = await stack.enter_async_context(
                 flow_context(
-                    self.target.endpoints,
+                    self.endpoints,
                     self._emit,
                     settings,
                     run_id=spec.run_id,

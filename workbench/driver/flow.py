@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from workbench.events import Clock
-from workbench.vana import chain, crypto, permission
+from workbench.vana import chain, crypto, permission, relay
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
 
@@ -268,13 +268,13 @@ class FlowRun:
             )
             signature = await ctx.cpu(permission.sign, w.private_key, typed, light=True)
         async with self.step("relay") as attempts:  # see `reconnecting`: never blindly re-sent
-            body = {"typedData": typed, "signature": signature, "expectedUserAddress": w.address}
+            body = relay.signed_request(typed, signature, w.address)
             answer = await self.reconnecting(
                 attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
             )
-            self.rec.ids["tx_hash"] = answer["transactionHash"]
+            tx_hash = self.rec.ids["tx_hash"] = _relay_hash(answer)
         async with self.step("confirm"):
-            self.rec.ids["permission_id"] = await self.confirm(answer["transactionHash"], nonce)
+            self.rec.ids["permission_id"] = await self.confirm(tx_hash, nonce)
         async with self.step("inference_submit") as attempts:
             submitted = await self.retrying(
                 attempts,
@@ -485,6 +485,13 @@ def classify(step: str, exc: BaseException) -> str:
             return "relay"
         return STEP_CLASS.get(step, "http")
     return STEP_CLASS.get(step, "internal")
+
+
+def _relay_hash(answer: Any) -> str:
+    try:
+        return relay.answered_hash(answer)
+    except ValueError as e:  # a 2xx that is no relay (an app answering `{type: "error"}` so)
+        raise FlowError("relay", str(e)) from None
 
 
 def _grantee_address(grantee: Any) -> str:

@@ -188,7 +188,9 @@ class LocalStack:
                 {"server_seed": secrets.token_hex(32)},
             ),
             self._component(
-                "api", self._api_config(rpc_url, personal_url, contracts), self._api_secrets()
+                "api",
+                self._api_config(rpc_url, personal_url, storage_url, contracts),
+                self._api_secrets(),
             ),
         )
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
@@ -294,7 +296,7 @@ class LocalStack:
         return config
 
     def _api_config(
-        self, rpc_url: str, personal_url: str, contracts: dict[str, str]
+        self, rpc_url: str, personal_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         overrides = dict(self.profile.get("api") or {})  # optional: timeouts, relayer polling
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
@@ -307,6 +309,7 @@ class LocalStack:
             "chain_id": anvil.CHAIN_ID,
             "contracts": contracts,
             "personal_server_url": personal_url,
+            "storage_url": storage_url,  # grant files the app stores (storeGrantFile)
             **overrides,
             "relayer": relayer,
         }

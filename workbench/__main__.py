@@ -107,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--faults")
     r.add_argument("--output-dir", dest="output_dir")
     r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--relay", help="app (gasless via the app's /api/relay) | direct (user's own tx)"
+    )
+    r.add_argument("--client", help="client timing preset: tight | sdk | upstream")
     r.add_argument("--fail-on-criteria", action="store_true", dest="fail_on_criteria", default=None)
     r.add_argument("--no-report", action="store_true", help="skip rendering report.html")
     r.set_defaults(func=_run)

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from hexbytes import HexBytes
+from web3.exceptions import ContractLogicError
 
+from workbench.driver import clients
 from workbench.events import Clock
 from workbench.vana import chain, crypto, permission, relay
 from workbench.vana.target import Endpoints
@@ -68,7 +71,11 @@ class HttpStatusError(Exception):
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """Timing knobs of a flow; every timeout is explicit (no library default decides)."""
+    """Timing knobs of a flow; every timeout is explicit (no library default decides).
+
+    `client` names the timing preset these came from (see `workbench.driver.clients`), `relay`
+    how the permission reaches the chain: `app` (gasless, the app's `/api/relay`) or `direct`
+    (the user's wallet sends the transaction and pays its gas)."""
 
     poll_interval_s: float = 0.25
     receipt_poll_s: float = 0.5
@@ -78,14 +85,27 @@ class FlowSettings:
     retry_attempts: int = 5
     retry_base_s: float = 1.0  # upstream: 1 s doubling, capped at 5 s
     retry_cap_s: float = 5.0
+    retry_jitter: bool = True  # full jitter; upstream's client waited the bare backoff
+    step_attempts: dict[str, int] = field(default_factory=dict)  # per step, over retry_attempts
+    wait_out_restarts: bool = True  # retry refused connections for up to http_timeout_s
+    operation_timeout_s: float | None = None  # the client's own limit on polling an operation
     schema_id: int = 0
     prompt: str = "Summarise this user's data as JSON."
+    relay: str = "app"
+    client: str = "tight"
+
+    def attempts(self, step: str | None) -> int:
+        return self.step_attempts.get(step or "", self.retry_attempts)
 
     @classmethod
-    def from_profile(cls, profile: dict[str, Any], **overrides: Any) -> FlowSettings:
+    def from_profile(
+        cls, profile: dict[str, Any], client: str = "tight", **overrides: Any
+    ) -> FlowSettings:
+        """The profile's `flow` settings, then the client preset's, then `overrides`."""
         flow = profile.get("flow", {})
         known = {k: flow[k] for k in cls.__dataclass_fields__ if k in flow}
-        return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**known, **clients.preset(client), "client": client, **given})
 
 
 @dataclass(frozen=True)
@@ -267,12 +287,16 @@ class FlowRun:
                 ep.chain_id, ep.contracts["DataPortabilityPermissions"], message
             )
             signature = await ctx.cpu(permission.sign, w.private_key, typed, light=True)
-        async with self.step("relay") as attempts:  # see `reconnecting`: never blindly re-sent
-            body = relay.signed_request(typed, signature, w.address)
-            answer = await self.reconnecting(
-                attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
-            )
-            tx_hash = self.rec.ids["tx_hash"] = _relay_hash(answer)
+        async with self.step("relay") as attempts:
+            if s.relay == "direct":
+                tx_hash = await self.send_own(typed, signature)
+            else:  # see `reconnecting`: never blindly re-sent
+                body = relay.signed_request(typed, signature, w.address)
+                answer = await self.reconnecting(
+                    attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
+                )
+                tx_hash = _relay_hash(answer)
+            self.rec.ids["tx_hash"] = tx_hash
         async with self.step("confirm"):
             self.rec.ids["permission_id"] = await self.confirm(tx_hash, nonce)
         async with self.step("inference_submit") as attempts:
@@ -308,12 +332,28 @@ class FlowRun:
         self.rec.step_extra["stored"] = [stored]  # in the step event too: a killed flow's count
         return f"ipfs://{answer['Hash']}"
 
+    async def send_own(self, typed: dict[str, Any], signature: str) -> str:
+        """The user's wallet sends `addServerFilesAndPermissions` itself, as the SDK does with
+        no relayer: gas estimated first (a revert fails here, before a nonce is used), EIP-1559
+        fees, nonce from the node's pending count (a user's flows never overlap)."""
+        ctx = self.ctx
+        permissions = ctx.contract("DataPortabilityPermissions")
+        data = permissions.encode_abi(
+            "addServerFilesAndPermissions",
+            args=[permission.contract_input(typed), HexBytes(signature)],
+        )
+        tx = {"to": permissions.address, "data": data, "value": 0}
+        nonces = chain.NonceManager(ctx.w3, self.wallet.address)
+        return await chain.send_tx(ctx.w3, self.wallet.private_key, tx, nonces)
+
     async def reconnecting(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
         """Waits out a server that refuses connections (down or restarting) for up to one
         request timeout, retrying with capped jittered backoff. Only a refused connection is
         retried: the request never reached the server, so even a relay (not idempotent: it
         may have been sent on chain) is safe to post again."""
         s = self.ctx.settings
+        if not s.wait_out_restarts:  # a client preset that never retries
+            return await call()
         deadline = time.monotonic() + s.http_timeout_s
         for attempt in itertools.count():
             try:
@@ -342,6 +382,8 @@ class FlowRun:
             )
         except chain.TxReverted as e:
             raise FlowError("revert", str(e)) from None
+        except chain.ReceiptTimeout as e:
+            raise self.client_timeout(str(e)) from None
         if done.tx_hash != tx_hash:  # mined under a replacement: record the hash that counts
             self.rec.ids["tx_hash"] = done.tx_hash
             self.rec.extra["relayed_tx_hash"] = tx_hash
@@ -350,6 +392,7 @@ class FlowRun:
     async def poll(self, attempts: list[int]) -> Any:
         ep, s = self.ctx.endpoints, self.ctx.settings
         body = {"operationId": self.rec.ids["operation_id"], "chainId": ep.chain_id}
+        started = time.monotonic()
         while True:
             answer = await self.retrying(
                 attempts, lambda: self.post_json(f"{ep.api_url}/api/trusted-server/poll", body)
@@ -361,12 +404,24 @@ class FlowRun:
             if status not in RUNNING:  # failed (or unknown): final for this flow, never resubmitted
                 detail = data.get("error") or _short(data)
                 raise FlowError("inference", f"operation ended {status}: {detail}")
+            limit = s.operation_timeout_s
+            if limit is not None and time.monotonic() - started > limit:
+                raise self.client_timeout(f"operation still {status} after {limit:g} s")
             await asyncio.sleep(s.poll_interval_s)
+
+    def client_timeout(self, detail: str) -> FlowError:
+        """A timeout of the client's own wait (not the flow's deadline): recorded on the flow
+        as `client_timeout` so the report can tell a preset's limit from a slow system."""
+        client = self.ctx.settings.client
+        limit = clients.limit_name(client, self.rec.current or "")
+        self.rec.extra["client_timeout"] = f"{client}: {limit}"
+        return FlowError("timeout", f"{detail} (the {client} client's own limit: {limit})")
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
         """Retries network errors, timeouts and 5xx with capped exponential backoff, full jitter."""
         s = self.ctx.settings
-        for attempt in range(1, s.retry_attempts + 1):
+        tries = s.attempts(self.rec.current)
+        for attempt in range(1, tries + 1):
             try:
                 return await call()
             except (
@@ -376,12 +431,11 @@ class FlowRun:
                 HttpStatusError,
             ) as e:
                 transient = not isinstance(e, HttpStatusError) or e.status in TRANSIENT_HTTP
-                if not transient or attempt == s.retry_attempts:
+                if not transient or attempt == tries:
                     raise
                 attempts[0] += 1
-                await asyncio.sleep(
-                    random.uniform(0, min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1)))
-                )
+                backoff = min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1))
+                await asyncio.sleep(random.uniform(0, backoff) if s.retry_jitter else backoff)
         raise AssertionError("unreachable")
 
     async def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
@@ -473,6 +527,8 @@ def classify(step: str, exc: BaseException) -> str:
     """Names the failure class of an exception raised inside `step`."""
     if isinstance(exc, chain.ReceiptTimeout):
         return "timeout"
+    if isinstance(exc, ContractLogicError):  # the user's own tx would revert (relay direct)
+        return "nonce" if chain.revert_name(exc) == "InvalidNonce" else "revert"
     if isinstance(exc, HttpStatusError):
         text = str(exc.body).lower()
         if step == "relay":
@@ -563,7 +619,7 @@ async def flow_context(
     w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
-    # CPU per call. Flows never send transactions, so it guards nothing here.
+    # CPU per call. The only transactions flows send (relay direct) carry an explicit chainId.
     if "validation" in w3.middleware_onion:
         w3.middleware_onion.remove("validation")
     try:

@@ -138,6 +138,8 @@ class Runner:
                 self.sampler = await stack.enter_async_context(self._sampler(target))
                 settings = FlowSettings.from_profile(
                     self.profile,
+                    client=self.cfg.client,
+                    relay=self.cfg.relay,
                     flow_timeout_s=self.cfg.flow_timeout_s,
                     prompt=self.cfg.inference_prompt,
                 )
@@ -152,7 +154,13 @@ class Runner:
                     )
                 )
                 self.t_start = self.clock.now()  # shapes count from the run's start
-                self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
+                self._mark(
+                    "start",
+                    users=self.cfg.users,
+                    shape=self.cfg.shape,
+                    relay=self.cfg.relay,
+                    client=self.cfg.client,
+                )
                 await self._start_faults(stack)
                 try:
                     await self._drive(ctx, ws)
@@ -201,10 +209,14 @@ class Runner:
         self.outcome.wallets = ws.private_keys()
         self.console.say(f"✅ {n} test wallets loaded and validated")
         w3 = _web3(target)
+        # Users only sign, unless they send their own transactions (relay direct) and pay gas.
+        direct = self.cfg.relay == "direct"
+        need = wallets.DIRECT_TARGET_WEI if direct else wallets.DEFAULT_TARGET_WEI
         try:
             if target.kind == "local":
-                await wallets.fund(w3, wallets.funder_key(target.funder_key), ws.addresses)
-            await wallets.require_funded(w3, ws.addresses)
+                funder = wallets.funder_key(target.funder_key)
+                await wallets.fund(w3, funder, ws.addresses, target_wei=need)
+            await wallets.require_funded(w3, ws.addresses, min_wei=need)
         finally:
             from workbench.vana.chain import close_web3
 

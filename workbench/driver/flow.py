@@ -29,6 +29,7 @@ from web3.exceptions import ContractLogicError
 from workbench.driver import clients
 from workbench.events import Clock
 from workbench.vana import chain, crypto, permission, relay
+from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
 
@@ -130,8 +131,13 @@ class FlowContext:
     settings: FlowSettings = field(default_factory=FlowSettings)
     run_id: str = ""
     light_executor: Executor | None = None
+    ipfs: IpfsProvider | None = None  # where uploads go; None: Kubo at endpoints.storage_url
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ipfs is None:
+            self.ipfs = IpfsProvider.kubo(self.endpoints.storage_url)
 
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
@@ -313,13 +319,13 @@ class FlowRun:
 
     async def upload(self, attempts: list[int], blob: bytes, name: str) -> str:
         """Uploads are content-addressed: a retry stores the same object under the same CID, so
-        transient failures are retried like inference calls."""
-        url = f"{self.ctx.endpoints.storage_url}/api/v0/add"
+        transient failures are retried like inference calls. Answers the URL the SDK's IPFS
+        providers answer (`ipfs://CID`), the one registered on chain."""
+        ipfs = self.ctx.ipfs
 
         def send() -> Awaitable[Any]:  # a fresh form per attempt: aiohttp sends one only once
-            form = aiohttp.FormData()
-            form.add_field("file", blob, filename=name, content_type="application/octet-stream")
-            return self.request("POST", url, data=form)
+            form = ipfs.form(blob, name)
+            return self.request("POST", ipfs.add_url, data=form, headers=ipfs.headers())
 
         # Also waits out a storage server that is down or restarting, as server_identity does.
         try:
@@ -327,10 +333,11 @@ class FlowRun:
         except TimeoutError as e:  # requests' own deadline (the flow's arrives as a cancel)
             limit = self.ctx.settings.http_timeout_s
             raise FlowError("storage", f"storage did not answer within {limit:g} s") from e
-        stored = {"cid": answer["Hash"], "bytes": len(blob)}
+        cid = ipfs.cid(answer)
+        stored = {"cid": cid, "bytes": len(blob)}
         self.rec.extra.setdefault("stored", []).append(stored)
         self.rec.step_extra["stored"] = [stored]  # in the step event too: a killed flow's count
-        return f"ipfs://{answer['Hash']}"
+        return ipfs.registered_url(cid)
 
     async def send_own(self, typed: dict[str, Any], signature: str) -> str:
         """The user's wallet sends `addServerFilesAndPermissions` itself, as the SDK does with
@@ -600,6 +607,7 @@ async def flow_context(
     clock: Clock | None = None,
     max_connections: int = 200,
     crypto_threads: int | None = None,
+    ipfs: IpfsProvider | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
 
@@ -625,7 +633,16 @@ async def flow_context(
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             yield FlowContext(
-                endpoints, session, w3, executor, emit, clock or Clock(), settings, run_id, light
+                endpoints,
+                session,
+                w3,
+                executor,
+                emit,
+                clock or Clock(),
+                settings,
+                run_id,
+                light,
+                ipfs,
             )
     finally:
         executor.shutdown(wait=False, cancel_futures=True)

@@ -129,8 +129,11 @@ class Runner:
         try:
             async with AsyncExitStack() as stack:
                 target = await self._target(stack)
+                token = target.ipfs.token()  # a missing storage JWT fails before any funding
                 ws = await self._wallets(target)
-                self.writer.add_secrets([*ws.private_keys(), ws.mnemonic])
+                tokens = [token] if token else []
+                self.outcome.wallets += tokens  # the report's secret guard checks these too
+                self.writer.add_secrets([*ws.private_keys(), ws.mnemonic, *tokens])
                 self._write_config(target, ws)
                 # t=0 once setup (stack start, funding) is done, just before the first sample:
                 # events, samples, throughput windows and the timeline all count from here.
@@ -151,6 +154,7 @@ class Runner:
                         run_id=self.cfg.run_id,
                         clock=self.clock,
                         max_connections=self.cfg.max_connections,
+                        ipfs=target.ipfs,
                     )
                 )
                 self.t_start = self.clock.now()  # shapes count from the run's start
@@ -373,6 +377,7 @@ class Runner:
             "profile_settings": self.profile,
             "target_kind": target.kind,
             "endpoints": target.endpoints.to_json(),
+            "storage": target.ipfs.to_json(),
             "wallet_file": str(ws.path),
             "wallet_addresses": ws.addresses,
             "inference_backend": "simulated" if target.kind == "local" else "remote",

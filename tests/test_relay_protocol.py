@@ -312,6 +312,36 @@ def test_fuzzed_unified_requests_never_get_a_5xx(local_stack, unified_bodies, da
         assert answer["type"] == "direct" and answer["result"]["url"], (answer, body)
 
 
+async def post_raw(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+        http.post(url, data=body, headers={"Content-Type": content_type}) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+@pytest.mark.e2e
+@FUZZ
+@given(
+    name=st.sampled_from(["file", "File", "", "files"]),
+    data=st.binary(max_size=300),
+    boundary=st.sampled_from(["b", "", "x y"]),
+    cut=st.integers(0, 400),
+)
+def test_fuzzed_grant_uploads_never_get_a_5xx(local_stack, name, data, boundary, cut):
+    body = (
+        f'--b\r\nContent-Disposition: form-data; name="{name}"; filename="g"\r\n\r\n'.encode()
+        + data
+        + b"\r\n--b--\r\n"
+    )[: cut or None]
+    url = f"{local_stack.endpoints.api_url}/api/ipfs/upload"
+    status, answer = asyncio.run(post_raw(url, body, f"multipart/form-data; boundary={boundary}"))
+    assert status < 500, (status, answer)
+    assert (status == 200) == (answer.get("success") is True), answer
+    if status == 200:
+        assert answer["url"].startswith(f"{local_stack.endpoints.storage_url}/ipfs/")
+
+
 @pytest.mark.e2e
 def test_relay_still_serves_after_the_fuzz(local_stack, unified_bodies):
     status, answer = asyncio.run(

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from eth_utils import is_address, to_checksum_address
 
 from workbench.errors import WorkbenchError
@@ -288,7 +289,12 @@ async def _file_part(request: web.Request) -> tuple[bytes, str]:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 return await _read_limited(part), part.filename or "upload"
             await part.release()
-    except (ValueError, KeyError, AssertionError) as e:
+    except (
+        ValueError,
+        KeyError,
+        AssertionError,
+        HttpProcessingError,
+    ) as e:  # e.g. bad part headers
         raise ApiError(400, f"malformed multipart body: {e}") from None
     raise ApiError(400, "missing multipart field 'file'")
 

@@ -248,7 +248,8 @@ async def test_twenty_concurrent_users_all_relay_through_the_pool(local_stack, h
 
 
 def test_operation_request_json_format_is_pinned():
-    assert operation_request_json(5) == '{"permission_id": 5}'
+    # JSON.stringify({permission_id: 5}), as the SDK's createOperation signs it.
+    assert operation_request_json(5) == '{"permission_id":5}'
     assert json.loads(operation_request_json(12)) == {"permission_id": 12}
 
 

@@ -169,6 +169,8 @@ def build_notebook(
     cells.append(_html(f'<p class="wb-verdict">{badges} {html.run_facts_html(summary)}</p>'))
     if not summary.get("complete", True):
         cells.append(_md(_incomplete_note(summary)))
+    if summary.get("client_timeouts"):
+        cells.append(_md(_client_timeout_note(summary)))
     console = console_text(results.path, results, summary)
     cells.append(_md(f"## Run output\n\n```text\n{console}\n```"))
     cells.append(_md("## Criteria" + (f"\n\n{criteria_note}" if criteria_note else "")))
@@ -221,6 +223,17 @@ def _incomplete_note(s: Mapping[str, Any]) -> str:
         "> **INCOMPLETE run.** events.jsonl has no run-end mark: the run was killed or crashed. "
         f"Everything below is computed from what it wrote up to {plots.secs(s.get('wall_s'))}; "
         "flows still in flight then have no outcome. An incomplete run cannot pass."
+    )
+
+
+def _client_timeout_note(s: Mapping[str, Any]) -> str:
+    """Flows the client preset's own limit failed: the client gave up, the system may not have."""
+    counts = s.get("client_timeouts") or {}
+    listed = ", ".join(f"{n} by {limit}" for limit, n in counts.items())
+    return (
+        f"> **{sum(counts.values())} flow(s) failed on the `{s.get('client')}` client preset's own "
+        f"timeout** ({listed}): that client would have given up there; the system may still have "
+        "finished the work. Run with `client` tight to measure past it."
     )
 
 

@@ -155,6 +155,8 @@ def run_facts_html(s: Mapping[str, Any]) -> str:
         ("users", s.get("users")),
         ("shape", s.get("shape")),
         ("profile", s.get("profile")),
+        ("relay", s.get("relay")),
+        ("client", s.get("client")),
         ("started", s.get("started_at")),
         ("wall", plots.secs(s.get("wall_s"))),
         ("flows", s.get("flows_started")),

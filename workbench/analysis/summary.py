@@ -97,6 +97,7 @@ def summarize(
         "error_classes": errs["by_class"],
         "failed_steps": errs["by_step"],
         "faults_injected": _faults(results.config),
+        "client_timeouts": _client_timeouts(flows),
         **_stored(flows),
     }
     curve = capacity_curve(results)
@@ -123,6 +124,14 @@ def _stored(flows: pd.DataFrame) -> dict[str, int]:
     return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
 
 
+def _client_timeouts(flows: pd.DataFrame) -> dict[str, int]:
+    """Failed flows a client preset's own wait ended (`{"sdk: waitForOperation": 2}`)."""
+    if "client_timeout" not in flows:
+        return {}
+    counts = flows.loc[flows["status"] == "failed", "client_timeout"].dropna().value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
 def _run_facts(results: Results) -> dict[str, Any]:
     cfg, start, end = results.config, results.run_start, results.run_end
     flows = results.flows
@@ -140,6 +149,9 @@ def _run_facts(results: Results) -> dict[str, Any]:
         "end_reason": end.get("reason"),
         "shape": fact("shape"),
         "profile": fact("profile"),
+        # Results from before these existed ran what are now the defaults.
+        "relay": fact("relay", "app"),
+        "client": fact("client", "tight"),
         "users": fact("users", int(flows["user"].nunique()) if not flows.empty else 0),
         "started_at": datetime.fromtimestamp(wall, UTC).isoformat() if wall else fact("started_at"),
         "wall_s": _wall_s(results),

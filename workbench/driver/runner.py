@@ -122,8 +122,11 @@ class Runner:
         try:
             async with AsyncExitStack() as stack:
                 target = await self._target(stack)
+                token = target.ipfs.token()  # a missing storage JWT fails before any funding
                 ws = await self._wallets(target)
-                self.writer.add_secrets([*ws.private_keys(), ws.mnemonic])
+                tokens = [token] if token else []
+                self.outcome.wallets += tokens  # the report's secret guard checks these too
+                self.writer.add_secrets([*ws.private_keys(), ws.mnemonic, *tokens])
                 self._write_config(target, ws)
                 # t=0 once setup (stack start, funding) is done, just before the first sample:
                 # events, samples, throughput windows and the timeline all count from here.
@@ -131,6 +134,8 @@ class Runner:
                 self.sampler = await stack.enter_async_context(self._sampler(target))
                 settings = FlowSettings.from_profile(
                     self.profile,
+                    client=self.cfg.client,
+                    relay=self.cfg.relay,
                     flow_timeout_s=self.cfg.flow_timeout_s,
                     prompt=self.cfg.inference_prompt,
                 )
@@ -142,10 +147,17 @@ class Runner:
                         run_id=self.cfg.run_id,
                         clock=self.clock,
                         max_connections=self.cfg.max_connections,
+                        ipfs=target.ipfs,
                     )
                 )
                 self.t_start = self.clock.now()  # shapes count from the run's start
-                self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
+                self._mark(
+                    "start",
+                    users=self.cfg.users,
+                    shape=self.cfg.shape,
+                    relay=self.cfg.relay,
+                    client=self.cfg.client,
+                )
                 await self._start_faults(stack)
                 try:
                     await self._drive(ctx, ws)
@@ -193,10 +205,14 @@ class Runner:
         self.outcome.wallets = [*ws.private_keys(), ws.mnemonic]
         self.console.say(console.wallets_loaded(n))
         w3 = _web3(target)
+        # Users only sign, unless they send their own transactions (relay direct) and pay gas.
+        direct = self.cfg.relay == "direct"
+        need = wallets.DIRECT_TARGET_WEI if direct else wallets.DEFAULT_TARGET_WEI
         try:
             if target.kind == "local":
-                await wallets.fund(w3, wallets.funder_key(target.funder_key), ws.addresses)
-            await wallets.require_funded(w3, ws.addresses)
+                funder = wallets.funder_key(target.funder_key)
+                await wallets.fund(w3, funder, ws.addresses, target_wei=need)
+            await wallets.require_funded(w3, ws.addresses, min_wei=need)
         finally:
             from workbench.vana.chain import close_web3
 
@@ -334,6 +350,7 @@ class Runner:
             "profile_settings": self.profile,
             "target_kind": target.kind,
             "endpoints": target.endpoints.to_json(),
+            "storage": target.ipfs.to_json(),
             "wallet_file": str(ws.path),
             "wallet_addresses": ws.addresses,
             "inference_backend": "simulated" if target.kind == "local" else "remote",

@@ -95,6 +95,16 @@ async def set_block_time(rpc_url: str, seconds: float) -> None:
         await rpc(rpc_url, "evm_setIntervalMining", [max(1, round(seconds))])
 
 
+async def set_code(rpc_url: str, address: str, code: str) -> None:
+    """Places runtime `code` (0x hex) at `address`, as if a contract had been deployed there."""
+    await rpc(rpc_url, "anvil_setCode", [address, code])
+
+
+async def set_chain_id(rpc_url: str, chain_id: int) -> None:
+    """Changes the chain id the node reports and the EVM sees (`block.chainid`)."""
+    await rpc(rpc_url, "anvil_setChainId", [chain_id])
+
+
 async def txpool_pending(rpc_url: str) -> int:
     """Transactions waiting in anvil's pool (pending + queued are both reported; this is pending)."""
     status = await rpc(rpc_url, "txpool_status")

@@ -29,6 +29,11 @@ node_modules/.installed: package.json package-lock.json
 run: setup
 	$(BIN)/python -m workbench notebook notebooks/run.ipynb --users $(USERS) --profile $(PROFILE) --output-dir $(OUT)
 
+# The seed's 5-10 minute configuration (params/run-ms03.yaml): about 6 minutes.
+.PHONY: run-ms03
+run-ms03: setup
+	$(BIN)/python -m workbench notebook notebooks/run.ipynb -f params/run-ms03.yaml --output-dir $(OUT)
+
 test: setup
 	$(BIN)/python -m pytest -q
 

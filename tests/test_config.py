@@ -319,7 +319,7 @@ def test_missing_params_file(tmp_path):
     ("name", "expect"),
     [
         ("run-smoke.yaml", {"users": 5, "profile": "fast", "shape": "burst"}),
-        ("run-ms03.yaml", {"users": 25, "profile": "moksha", "shape": "staggered"}),
+        ("run-ms03.yaml", {"users": 25, "shape": "hold", "duration_s": 300, "data_size": "mixed"}),
         ("rampup.yaml", {"shape": "steps", "steps": (10, 20, 30, 40, 50)}),
     ],
 )

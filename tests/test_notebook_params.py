@@ -201,3 +201,16 @@ def test_the_cli_gives_a_notebook_only_the_names_it_declares(executed, tmp_path)
     assert Path(executed[0]["dst"]).parent.parent == tmp_path
     with pytest.raises(WorkbenchError, match="users"):
         cli("notebooks/compare.ipynb", "--users", "3")
+
+
+def test_the_cli_takes_a_params_file_as_papermill_f_does(executed, tmp_path):
+    argv = ["notebooks/run.ipynb", "--output-dir", str(tmp_path), "-f", "params/run-ms03.yaml"]
+    assert cli(*argv, "-p", "profile", "fast") == 0
+    params = executed[0]["parameters"]
+    assert (params["shape"], params["duration_s"], params["users"]) == ("hold", 300, 25)
+    assert params["profile"] == "fast"  # -p wins over the file
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("users: 5\nusres: 6\n")
+    with pytest.raises(WorkbenchError) as info:
+        cli("notebooks/run.ipynb", "-f", str(typo))
+    assert info.value.field == "usres" and "did you mean `users`?" in info.value.fix

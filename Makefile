@@ -10,10 +10,12 @@ OUT ?= outputs
 
 setup: $(VENV)/.installed node_modules/.installed .cache/contracts/.built
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every Python package (all platforms, Python 3.11+); pip checks it
+# against pyproject.toml in the same resolve.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r requirements.lock -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -46,6 +48,12 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/driver.py
+
+# Re-pins requirements.lock after a change to pyproject.toml's dependencies (needs PyPI).
+.PHONY: lock
+lock:
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile -q --universal --python-version 3.11 pyproject.toml --extra dev -o requirements.lock
 
 clean:
 	rm -rf .cache outputs/*/ 

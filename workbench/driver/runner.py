@@ -27,6 +27,7 @@ import workbench
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.versions import installed_versions
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, EventWriter
 from workbench.params import load_profile
@@ -381,14 +382,11 @@ def _web3(target: Target):
 
 
 def versions() -> dict[str, str]:
-    import aiohttp
-    import web3
-
+    """The workbench, Python, and every installed package the project requires, recursively."""
     return {
         "workbench": workbench.__version__,
         "python": platform.python_version(),
-        "web3": web3.__version__,
-        "aiohttp": aiohttp.__version__,
+        **installed_versions(),
     }
 
 

@@ -48,6 +48,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/driver.py
+	$(BIN)/python benchmarks/sampler.py
 
 # Re-pins requirements.lock after a change to pyproject.toml's dependencies (needs PyPI).
 .PHONY: lock

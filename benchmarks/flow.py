@@ -31,8 +31,8 @@ from eth_account import Account  # noqa: E402
 
 from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow  # noqa: E402
 from workbench.driver.shapes import make_user_data  # noqa: E402
-from workbench.events import STEPS  # noqa: E402
 from workbench.stack.local import LocalStack  # noqa: E402
+from workbench.steps import STEPS  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -7,13 +7,17 @@ Dev-account use on the shared `anvil` chain (see docs/ARCHITECTURE.md "Local key
 
 from __future__ import annotations
 
+import _posixsubprocess
 import asyncio
+import json
+import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jsinterop import run_node
 from web3 import AsyncWeb3
 
 from workbench.params import PROJECT_ROOT
@@ -21,9 +25,43 @@ from workbench.stack.anvil import dev_address, dev_key, start_anvil, wait_ready
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
 from workbench.vana.chain import close_web3, make_web3
+from workbench.vana.contracts import CONTRACT_NAMES
 
-REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
+SDK_PACKAGE = "@opendatalabs/vana-sdk"  # Vana's SDK: the reference for our contracts' ABIs
 APP_PUBLIC_KEY = "04" + "11" * 64  # grantee 1's key; the contracts only store it
+# Every way a test could start a process (subprocess and asyncio go through _fork_exec,
+# multiprocessing through _posixsubprocess.fork_exec or os.fork).
+PROCESS_STARTERS = [
+    (subprocess, "_fork_exec"),
+    (_posixsubprocess, "fork_exec"),
+    (os, "fork"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "system"),
+]
+
+
+class ProcessStartRefused(RuntimeError):
+    """A test without the `e2e` marker tried to start a process."""
+
+
+def _refuse_process(*_args: object, **_kwargs: object) -> None:
+    raise ProcessStartRefused(
+        "this test starts a process but has no e2e marker: add @pytest.mark.e2e (or a module "
+        "pytestmark) so that `pytest -m 'not e2e'` starts none"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+    """Holds every test to the rule that only `e2e` tests start processes (anvil, servers, node,
+    papermill), through the fixtures they set up too."""
+    if item.get_closest_marker("e2e"):
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in PROCESS_STARTERS:
+            patch.setattr(module, name, _refuse_process)
+        return (yield)
 
 
 @dataclass(frozen=True)
@@ -62,12 +100,17 @@ async def w3(anvil: AnvilNode) -> AsyncIterator[AsyncWeb3]:
 
 
 @pytest.fixture(scope="session")
-def reference_abi_dir() -> Path:
-    """The reference ABIs beside the repo (read at test time, never copied into it)."""
-    path = REFERENCE_DIR / "abi"
-    if not path.is_dir():
-        pytest.skip(f"reference ABIs not found at {path}")
-    return path
+def sdk_abis() -> dict[str, list[dict]]:
+    """`{contract name: ABI}` as the SDK version pinned in package.json ships them (node reads
+    them from node_modules at test time; nothing is copied into the repository)."""
+    pinned = json.loads((PROJECT_ROOT / "package.json").read_text())["devDependencies"][SDK_PACKAGE]
+    installed = PROJECT_ROOT / "node_modules" / SDK_PACKAGE / "package.json"
+    version = json.loads(installed.read_text())["version"] if installed.is_file() else None
+    if version != pinned:
+        pytest.fail(
+            f"{SDK_PACKAGE} {pinned} is not in node_modules (found {version}); run make setup"
+        )
+    return run_node("vana_sdk_abi.mjs", {"names": list(CONTRACT_NAMES)})["abis"]
 
 
 # --- the embedded local stack (appended by the stack engineer) ----------------------------------

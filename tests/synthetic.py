@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from workbench.events import STEPS, EventWriter
+from workbench.events import EventWriter
+from workbench.steps import STEPS
 
 WALL0 = 1_750_000_000.0  # a fixed wall clock so outputs are reproducible
 # Share of a flow's duration each step takes (sums to 1): chain and inference dominate.

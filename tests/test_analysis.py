@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 from synthetic import write_results_dir
 
-from workbench.analysis import results, stats, summary
+from workbench.analysis import histograms, results, stats, summary
 from workbench.errors import WorkbenchError
 
 
@@ -99,12 +99,65 @@ def test_latency_stats_are_ordered_for_any_sample(x):
 
 def test_hdr_histograms_merge_and_approximate_the_exact_percentiles():
     a, b = np.linspace(1, 50, 500), np.linspace(50, 100, 500)
-    merged = stats.merge_histograms(stats.latency_histogram(a), stats.latency_histogram(b))
+    merged = histograms.merge_histograms(
+        histograms.latency_histogram(a), histograms.latency_histogram(b)
+    )
     assert merged.get_total_count() == 1000
     exact = np.percentile(np.concatenate([a, b]), [50, 95, 99])
-    approx = stats.histogram_percentiles(merged)
+    approx = histograms.histogram_percentiles(merged)
     for q, e in zip(("p50", "p95", "p99"), exact, strict=True):
         assert approx[q] == pytest.approx(e, rel=2e-3)  # 3 significant digits plus bin width
+
+
+def read_hgrm(path) -> pd.DataFrame:
+    """An .hgrm percentile distribution: Value (ms), Percentile, TotalCount per row."""
+    table = pd.read_csv(path, sep=r"\s+", comment="#", skip_blank_lines=True)
+    return table[["Value", "Percentile", "TotalCount"]]
+
+
+def test_each_results_dir_gets_hgrm_files_that_read_back_as_its_raw_latencies(tmp_path):
+    rng = np.random.default_rng(3)
+    durations = rng.lognormal(np.log(30), 0.4, 300)  # skewed, like real flows
+    path = write_results_dir(tmp_path / "r", n_flows=300, fail_every=7, durations=durations)
+    summary.analyze(path)
+    run = results.load_results(path)
+    folder = path / "histograms"
+    names = {p.stem for p in folder.glob("*.hgrm")}
+    assert names == {"flow", *run.steps.loc[run.steps["ok"], "step"]}
+    ok_ms = {"flow": run.flows.loc[run.flows["ok"], "duration_s"].to_numpy() * 1000}
+    ok_ms["relay"] = run.steps.query("ok and step == 'relay'")["duration_s"].to_numpy() * 1000
+    for name, raw in ok_ms.items():
+        table, raw = read_hgrm(folder / f"{name}.hgrm"), np.sort(raw)
+        assert table["TotalCount"].iloc[-1] == len(raw) and table["Percentile"].iloc[-1] == 1
+        # Row by row: the value at each percentile is the raw sample of that rank, within
+        # HdrHistogram's precision (3 significant digits; 1 us recording, 0.001 ms printing).
+        nearest = raw[table["TotalCount"].to_numpy() - 1]
+        assert np.allclose(table["Value"], nearest, rtol=1e-3, atol=0.002)
+        assert (table["TotalCount"] / len(raw) >= table["Percentile"] - 1 / len(raw)).all()
+        back = histograms.histogram_percentiles(histograms.read_histograms(path)[name])
+        for q in (50, 95, 99):
+            rank = max(1, int(q / 100 * len(raw) + 0.5))  # HdrHistogram's rank: q*n rounded
+            assert back[f"p{q}"] == pytest.approx(raw[rank - 1] / 1000, rel=1e-3, abs=2e-6)
+
+
+def test_histograms_of_two_halves_merge_into_the_whole(tmp_path):
+    """Two workers' (here: two runs') histograms.hlog, merged, equal the histogram of all."""
+    durations = np.random.default_rng(5).uniform(5, 120, 200)
+    halves = [
+        write_results_dir(tmp_path / name, n_flows=100, durations=part, seed=i)
+        for i, (name, part) in enumerate((("a", durations[:100]), ("b", durations[100:])))
+    ]
+    for half in halves:
+        histograms.write_run_histograms(half, results.load_results(half))
+    a, b = (histograms.read_histograms(half) for half in halves)
+    whole = histograms.latency_histogram(durations)
+    merged = histograms.merge_histograms(a["flow"], b["flow"])
+    assert merged.equals(whole) and merged.get_total_count() == 200
+    # Logs of several workers concatenated: intervals of one tag add up on reading.
+    both = tmp_path / "both.hlog"
+    both.write_text("".join((h / "histograms" / "histograms.hlog").read_text() for h in halves))
+    assert histograms.read_histograms(both)["flow"].equals(whole)
+    assert set(histograms.read_histograms(both)) == set(a) == set(b)
 
 
 def test_step_breakdown_counts_and_quantiles():

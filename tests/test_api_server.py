@@ -337,6 +337,41 @@ async def api_client(local_stack, personal_url: str) -> TestClient:
     return client
 
 
+async def flaky_personal_server(drops: int, status: int = 200) -> tuple[TestServer, list[str]]:
+    """Closes the first `drops` connections without an answer, then answers `status`."""
+    seen: list[str] = []
+
+    async def identity(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if len(seen) <= drops and request.transport is not None:
+            request.transport.close()  # no answer at all: the connection is simply lost
+        return web.json_response({"personal_server": {}, "error": "queue full"}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/identity", identity)
+    server = TestServer(app)
+    await server.start_server()
+    return server, seen
+
+
+async def test_lost_connections_to_the_personal_server_are_retried_answers_are_not(local_stack):
+    user = Account.create().address
+    dropping, dropped = await flaky_personal_server(drops=2)
+    busy, asked = await flaky_personal_server(drops=0, status=503)
+    clients = [
+        await api_client(local_stack, str(s.make_url("")).rstrip("/")) for s in (dropping, busy)
+    ]
+    try:
+        resp = await clients[0].get("/identity", params={"address": user})
+        assert resp.status == 200 and dropped == ["/identity"] * 3  # two lost, the third answers
+        resp = await clients[1].get("/identity", params={"address": user})
+        assert_error(resp.status, await resp.json(), 503)  # the client's to retry, not ours
+        assert asked == ["/identity"]
+    finally:
+        for closable in (*clients, dropping, busy):
+            await closable.close()
+
+
 async def test_personal_server_down_or_slow_is_a_502_or_504(local_stack):
     user = Account.create().address
     down = await api_client(local_stack, f"http://127.0.0.1:{free_port()}")

@@ -56,6 +56,7 @@ def test_dev_keys_follow_the_default_mnemonic() -> None:
     assert dev_address(0) == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # anvil's account 0
 
 
+@pytest.mark.e2e
 async def test_block_time_and_txpool(anvil, w3) -> None:
     """Interval mining holds transactions in the pool; automine (0) mines them again."""
     async with mining_paused(anvil.rpc_url):
@@ -68,6 +69,7 @@ async def test_block_time_and_txpool(anvil, w3) -> None:
         assert await txpool_pending(anvil.rpc_url) == 0
 
 
+@pytest.mark.e2e
 async def test_nonce_manager_hands_out_distinct_consecutive_nonces(w3) -> None:
     address = dev_address(SENDER)
     start = await w3.eth.get_transaction_count(address, "pending")
@@ -76,6 +78,7 @@ async def test_nonce_manager_hands_out_distinct_consecutive_nonces(w3) -> None:
     assert sorted(got) == list(range(start, start + 20))
 
 
+@pytest.mark.e2e
 async def test_concurrent_sends_from_one_account_all_mine(w3) -> None:
     nonces = NonceManager(w3, dev_address(SENDER))
     hashes = await asyncio.gather(
@@ -88,6 +91,7 @@ async def test_concurrent_sends_from_one_account_all_mine(w3) -> None:
     assert len({tx["nonce"] for tx in txs}) == 20
 
 
+@pytest.mark.e2e
 async def test_send_recovers_when_another_sender_took_the_nonce(w3) -> None:
     stale = NonceManager(w3, dev_address(CLASHER))
     await stale.resync()  # initialised, then another process spends from the same account:
@@ -97,6 +101,7 @@ async def test_send_recovers_when_another_sender_took_the_nonce(w3) -> None:
     assert (await wait_receipt(w3, tx_hash, 10, 0.02))["status"] == 1
 
 
+@pytest.mark.e2e
 async def test_send_of_a_reverting_call_consumes_no_nonce(w3, deployed) -> None:
     nonces = NonceManager(w3, dev_address(SENDER))
     bad_call = {"to": deployed["DataPortabilityGrantees"], "data": "0xdeadbeef"}
@@ -105,6 +110,7 @@ async def test_send_of_a_reverting_call_consumes_no_nonce(w3, deployed) -> None:
     assert await nonces.next() == await w3.eth.get_transaction_count(dev_address(SENDER), "pending")
 
 
+@pytest.mark.e2e
 async def test_wait_receipt_times_out_when_nothing_mines(anvil, w3) -> None:
     async with mining_paused(anvil.rpc_url):
         nonces = NonceManager(w3, dev_address(PAUSED_SENDER))
@@ -115,6 +121,7 @@ async def test_wait_receipt_times_out_when_nothing_mines(anvil, w3) -> None:
         assert isinstance(info.value, asyncio.TimeoutError)
 
 
+@pytest.mark.e2e
 async def test_wait_receipt_returns_once_the_block_comes(anvil, w3) -> None:
     async with mining_paused(anvil.rpc_url):
         nonces = NonceManager(w3, dev_address(PAUSED_SENDER))
@@ -127,6 +134,7 @@ async def test_wait_receipt_returns_once_the_block_comes(anvil, w3) -> None:
         assert receipt["status"] == 1 and "0x" + bytes(receipt["transactionHash"]).hex() == tx_hash
 
 
+@pytest.mark.e2e
 async def test_already_known_tx_returns_its_hash(anvil, w3) -> None:
     async with mining_paused(anvil.rpc_url):
         nonce = await w3.eth.get_transaction_count(dev_address(PAUSED_SENDER), "pending")
@@ -158,6 +166,7 @@ async def test_requests_time_out_at_the_set_deadline() -> None:
         server.close()
 
 
+@pytest.mark.e2e
 async def test_cancelled_requests_leave_the_provider_usable(w3) -> None:
     """web3's own session manager can deadlock after cancellations (web3.py #3867); ours not."""
     calls = [asyncio.create_task(w3.eth.get_block("latest")) for _ in range(50)]

@@ -14,8 +14,9 @@ import pytest
 from workbench.__main__ import main
 from workbench.analysis.results import flows_frame
 from workbench.analysis.summary import _stored
-from workbench.driver.cleanup import STACK_GONE, cleanup, stored_objects
+from workbench.driver.cleanup import STACK_GONE, cleanup
 from workbench.errors import WorkbenchError
+from workbench.events import stored_objects
 from workbench.stack.process import free_port
 
 
@@ -66,6 +67,7 @@ def test_stored_objects_are_distinct_by_cid():
     assert _stored(flows_frame([])) == {"stored_objects": 0, "stored_bytes": 0}
 
 
+@pytest.mark.e2e
 def test_cleanup_removes_a_runs_objects_and_is_idempotent(local_stack, tmp_path, capsys):
     url = local_stack.endpoints.storage_url
     blobs = [os.urandom(n) for n in (1000, 2000, 3000)]

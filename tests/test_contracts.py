@@ -1,8 +1,8 @@
-"""The workbench's contracts: same interface as Vana's, and addServerFilesAndPermissions behaviour."""
+"""The workbench's contracts: same interface as Vana's (its SDK's ABIs), the committed ABIs are
+the compiled ones, and addServerFilesAndPermissions behaviour on a real anvil."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -13,9 +13,9 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from workbench.errors import WorkbenchError
-from workbench.stack import compile as contracts
+from workbench.stack import compile as compiler
 from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
-from workbench.vana import permission
+from workbench.vana import contracts, permission
 from workbench.vana.chain import (
     NonceManager,
     contract,
@@ -24,8 +24,11 @@ from workbench.vana.chain import (
     send_tx,
     wait_receipt,
 )
+from workbench.vana.contracts import CONTRACT_NAMES
 
-# What VANA.md lists per contract: these must match the reference ABIs exactly.
+pytestmark = pytest.mark.e2e  # anvil, node (the SDK's ABIs) and solc
+
+# What the client and the stack call, per contract: these must match Vana's SDK exactly.
 LISTED = {
     "DataPortabilityPermissions": {
         "function": [
@@ -50,6 +53,7 @@ LISTED = {
         "event": ["FileAdded"],
     },
 }
+PERMISSIONS = "DataPortabilityPermissions"
 RELAYER = 10  # dev account that submits transactions in these tests
 SERVER_URL = "http://127.0.0.1:9/personal"
 SERVER_KEY = "04" + "22" * 64
@@ -79,34 +83,80 @@ def _entries(abi: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, 
     return [e for e in abi if e.get("type") == kind and e.get("name") == name]
 
 
-def _outputs(entry: dict[str, Any]) -> str:
-    return abi_to_signature({"type": "function", "name": "", "inputs": entry.get("outputs", [])})
+def _layout(params: list[dict[str, Any]], named: bool = False) -> list[tuple]:
+    """Types, `indexed` and struct field names, recursively: what encoding, EIP-712 and decoded
+    event args depend on. Names of a function's own arguments and returns do not matter."""
+    return [
+        (
+            p["name"] if named else None,
+            p["type"],
+            p.get("indexed"),
+            _layout(p.get("components", []), named=True),
+        )
+        for p in params
+    ]
+
+
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_committed_abis_are_the_compiled_ones(name: str) -> None:
+    committed = (contracts.ABI_DIR / f"{name}.json").read_text(encoding="utf-8")
+    compiled = compiler.artifacts()[name]["abi"]
+    assert committed == contracts.abi_json(compiled), (
+        "run python -m workbench.stack.compile --write-abis"
+    )
+
+
+def test_abi_dir_holds_exactly_the_four_contracts() -> None:
+    assert sorted(p.stem for p in contracts.ABI_DIR.glob("*")) == sorted(CONTRACT_NAMES)
+    with pytest.raises(KeyError, match="DataRegistry"):
+        contracts.abi("Registry")
 
 
 @pytest.mark.parametrize("name", sorted(LISTED))
-def test_listed_signatures_match_reference(name: str, reference_abi_dir) -> None:
-    ours = contracts.abi(name)
-    reference = json.loads((reference_abi_dir / f"{name}.json").read_text())
+def test_listed_entries_match_the_sdk(name: str, sdk_abis) -> None:
+    ours, theirs = contracts.abi(name), sdk_abis[name]
     for fn in LISTED[name]["function"]:
-        [mine], [theirs] = _entries(ours, "function", fn), _entries(reference, "function", fn)
-        assert function_abi_to_4byte_selector(mine) == function_abi_to_4byte_selector(theirs), fn
-        assert _outputs(mine) == _outputs(theirs), f"{fn} returns another shape"
-        assert mine["stateMutability"] == theirs["stateMutability"], fn
+        [mine], [ref] = _entries(ours, "function", fn), _entries(theirs, "function", fn)
+        assert function_abi_to_4byte_selector(mine) == function_abi_to_4byte_selector(ref), fn
+        assert _layout(mine["inputs"]) == _layout(ref["inputs"]), f"{fn} takes another shape"
+        assert _layout(mine["outputs"]) == _layout(ref["outputs"]), f"{fn} returns another shape"
+        assert mine["stateMutability"] == ref["stateMutability"], fn
     for ev in LISTED[name]["event"]:
-        [mine], [theirs] = _entries(ours, "event", ev), _entries(reference, "event", ev)
-        assert event_abi_to_log_topic(mine) == event_abi_to_log_topic(theirs), ev
-        assert [i["indexed"] for i in mine["inputs"]] == [i["indexed"] for i in theirs["inputs"]]
+        [mine], [ref] = _entries(ours, "event", ev), _entries(theirs, "event", ev)
+        assert event_abi_to_log_topic(mine) == event_abi_to_log_topic(ref), ev
+        assert _layout(mine["inputs"], named=True) == _layout(ref["inputs"], named=True), ev
 
 
 @pytest.mark.parametrize("name", sorted(LISTED))
-def test_every_shared_name_has_the_reference_signature(name: str, reference_abi_dir) -> None:
-    """Anything we declare under a reference name (helpers, errors) must not drift from it."""
-    reference = json.loads((reference_abi_dir / f"{name}.json").read_text())
-    theirs = {(e["type"], e["name"]): abi_to_signature(e) for e in reference if "name" in e}
-    for entry in contracts.abi(name):
-        key = (entry.get("type"), entry.get("name"))
-        if key in theirs:
-            assert abi_to_signature(entry) == theirs[key], key
+def test_every_shared_name_has_the_sdk_signature(name: str, sdk_abis) -> None:
+    """Anything we declare under an SDK name (helpers, errors) must not drift from it."""
+    theirs = {(e["type"], e["name"]): abi_to_signature(e) for e in sdk_abis[name] if "name" in e}
+    shared = [e for e in contracts.abi(name) if (e.get("type"), e.get("name")) in theirs]
+    assert len(shared) >= len(LISTED[name]["function"]) + len(LISTED[name]["event"])
+    for entry in shared:
+        assert abi_to_signature(entry) == theirs[(entry["type"], entry["name"])], entry["name"]
+
+
+def test_signed_struct_is_the_sdk_contract_input(sdk_abis) -> None:
+    """The EIP-712 types we sign are the struct the SDK's contract takes, field for field."""
+    [fn] = _entries(sdk_abis[PERMISSIONS], "function", "addServerFilesAndPermissions")
+    struct = fn["inputs"][0]["components"]
+    types = permission.types()
+    assert [(f["name"], f["type"]) for f in types[permission.PRIMARY_TYPE]] == [
+        (c["name"], _eip712_type(c)) for c in struct
+    ]
+    [file_permissions] = [c for c in struct if c["name"] == "filePermissions"]
+    assert [(f["name"], f["type"]) for f in types["Permission"]] == [
+        (c["name"], _eip712_type(c)) for c in file_permissions["components"]
+    ]
+
+
+def _eip712_type(param: dict[str, Any]) -> str:
+    """A struct parameter's EIP-712 type is its struct's name ("struct IDataRegistry.Permission[][]"
+    -> "Permission[][]"); any other parameter's is its ABI type."""
+    if not param["type"].startswith("tuple"):
+        return param["type"]
+    return param["internalType"].removeprefix("struct ").rsplit(".", 1)[-1]
 
 
 async def test_eip712_domain(w3, deployed) -> None:
@@ -345,13 +395,13 @@ async def test_deployment_registered_the_app_as_grantee_1(chain: Chain) -> None:
 
 def test_cache_key_follows_sources_and_compiler() -> None:
     sources = {"A.sol": "contract A {}"}
-    key = contracts.source_hash(sources, "0.8.30")
-    assert key == contracts.source_hash(dict(sources), "0.8.30")
-    assert key != contracts.source_hash({"A.sol": "contract A { }"}, "0.8.30")
-    assert key != contracts.source_hash(sources, "0.8.31")
+    key = compiler.source_hash(sources, "0.8.30")
+    assert key == compiler.source_hash(dict(sources), "0.8.30")
+    assert key != compiler.source_hash({"A.sol": "contract A { }"}, "0.8.30")
+    assert key != compiler.source_hash(sources, "0.8.31")
 
 
 def test_missing_solc_says_run_make_setup(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(contracts, "SOLC_PACKAGE", tmp_path / "absent" / "package.json")
+    monkeypatch.setattr(compiler, "SOLC_PACKAGE", tmp_path / "absent" / "package.json")
     with pytest.raises(WorkbenchError, match="make setup"):
-        contracts.artifacts()
+        compiler.artifacts()

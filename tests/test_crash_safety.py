@@ -80,6 +80,7 @@ def start_mid_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int], di
     return driver, events, stack, env
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_path):
     driver, events, stack, env = start_mid_run(tmp_path)
     try:
@@ -149,6 +150,7 @@ async def balance_of(rpc_url: str, addresses: list[str]) -> list[int]:
         await close_web3(w3)
 
 
+@pytest.mark.e2e
 def test_sweep_returns_test_funds_to_the_funder(local_stack, tmp_path, monkeypatch, capsys):
     rpc = local_stack.endpoints.rpc_url
     funder_key = dev_key(SWEEP_FUNDER_INDEX)
@@ -169,6 +171,7 @@ def test_sweep_returns_test_funds_to_the_funder(local_stack, tmp_path, monkeypat
     assert 0 <= start - end < 10**15  # the funder lost only gas: 0.15 ETH came back
 
 
+@pytest.mark.e2e
 def test_sigterm_mid_run_records_every_started_flow_and_stops_the_stack(tmp_path):
     """SIGTERM (and Ctrl-C) end a run gracefully: each started flow gets an outcome."""
     driver, events, stack, _ = start_mid_run(tmp_path)

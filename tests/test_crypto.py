@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+from types import SimpleNamespace
 
 import pysequoia
 import pytest
@@ -21,7 +22,7 @@ from workbench.params import PROJECT_ROOT
 from workbench.vana import crypto
 from workbench.vana.crypto import DecryptionError
 
-VECTORS = PROJECT_ROOT.parent / "shared" / "reference" / "vectors" / "eccrypto-vectors.json"
+VECTORS = PROJECT_ROOT / "tests" / "fixtures" / "eccrypto-vectors.json"  # eccrypto_vectors.mjs
 KEYS = ["0x" + hashlib.sha256(f"wallet {i}".encode()).hexdigest() for i in range(3)]
 PASSWORD = crypto.encryption_key(KEYS[0])
 # Sizes around the packet length encodings (1-, 2- and 5-octet) and the flow's 1/10/100 KB.
@@ -35,6 +36,7 @@ def _data(n: int) -> bytes:
 # --- EIP-191 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_encryption_key_equals_viem_sign_message():
     texts = [crypto.ENCRYPTION_KEY_MESSAGE, "héllo ✓ 🌍", ""]
     jobs = [{"op": "signMessage", "privateKey": k, "message": t} for k in KEYS for t in texts]
@@ -89,6 +91,7 @@ def test_encrypt_file_writes_openpgp_js_parameters():
     assert other[4:12] != skesk[4:12], "salt is random"
 
 
+@pytest.mark.e2e
 def test_openpgp_js_decrypts_ours():
     plains = [_data(n) for n in SIZES]
     jobs = [
@@ -113,6 +116,7 @@ def test_openpgp_js_decrypts_ours():
     assert "error" in results[-1]
 
 
+@pytest.mark.e2e
 def test_we_decrypt_openpgp_js(monkeypatch):
     plains = [_data(n) for n in SIZES]
     jobs = [{"op": "encrypt", "data": p.hex(), "password": PASSWORD} for p in plains]
@@ -174,17 +178,34 @@ def test_file_round_trip(data, password):
 
 
 def _vectors() -> list[dict]:
-    if not VECTORS.is_file():
-        pytest.skip(f"reference vectors not present at {VECTORS}")
     return json.loads(VECTORS.read_text())["vectors"]
 
 
-def test_ecies_reference_vectors():
+def test_ecies_vectors_decrypt():
     for v in _vectors():
         e = v["encrypted"]
         blob = e["iv"] + e["ephemPublicKey"] + e["ciphertext"] + e["mac"]
-        assert crypto.ecies_decrypt(v["privateKey"], blob) == bytes.fromhex(v["message"])
+        assert crypto.ecies_decrypt(v["privateKey"], blob) == bytes.fromhex(v["message"]), v["name"]
         assert crypto.public_key_of(v["privateKey"]) == "0x" + v["publicKey"]
+
+
+def test_ecies_vectors_encrypt_byte_for_byte(monkeypatch):
+    """Given eccrypto's IV and ephemeral key, we write exactly eccrypto's bytes."""
+    for v in _vectors():
+        e = v["encrypted"]
+        ephemeral = PrivateKey(bytes.fromhex(v["ephemPrivateKey"]))
+        monkeypatch.setattr(crypto, "PrivateKey", lambda ephemeral=ephemeral: ephemeral)
+        monkeypatch.setattr(
+            crypto, "os", SimpleNamespace(urandom=lambda n, e=e: bytes.fromhex(e["iv"]))
+        )
+        ours = crypto.ecies_encrypt("0x" + v["publicKey"], bytes.fromhex(v["message"]))
+        assert ours == e["iv"] + e["ephemPublicKey"] + e["ciphertext"] + e["mac"], v["name"]
+
+
+@pytest.mark.e2e
+def test_ecies_vectors_are_what_the_script_makes():
+    """The committed vectors are what tests/js/eccrypto_vectors.mjs makes with the pinned eccrypto."""
+    assert run_node("eccrypto_vectors.mjs", {}) == json.loads(VECTORS.read_text())
 
 
 def _leading_zero_ephemeral(recipient_public: str) -> PrivateKey:
@@ -196,6 +217,7 @@ def _leading_zero_ephemeral(recipient_public: str) -> PrivateKey:
             return key
 
 
+@pytest.mark.e2e
 def test_eccrypto_decrypts_ours(monkeypatch):
     key = KEYS[2]
     public = crypto.public_key_of(key)  # 0x04…
@@ -217,6 +239,7 @@ def test_eccrypto_decrypts_ours(monkeypatch):
         assert result.get("data") == plain.hex(), result.get("error")
 
 
+@pytest.mark.e2e
 def test_we_decrypt_eccrypto():
     key = KEYS[2]
     public = crypto.public_key_of(key)[2:]

@@ -18,7 +18,8 @@ import pytest
 
 from workbench.driver.config import RunConfig
 from workbench.driver.runner import Runner
-from workbench.events import STEPS, read_events
+from workbench.events import read_events
+from workbench.steps import STEPS
 from workbench.vana import crypto, permission
 
 USERS = 20

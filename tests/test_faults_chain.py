@@ -20,8 +20,8 @@ from workbench.driver.config import RunConfig
 from workbench.driver.runner import Runner, run
 from workbench.errors import WorkbenchError
 from workbench.events import read_events
-from workbench.params import PROFILES_DIR
-from workbench.stack.faults import FAULTS_DIR, load_faults
+from workbench.params import load_profile, names
+from workbench.stack.faults import load_faults
 
 PLANS = ("chaos", "rpc", "storage", "inference", "restarts", "chain_stall")
 
@@ -108,7 +108,8 @@ def test_sections_are_completed_with_defaults_and_the_timeline_is_ordered(tmp_pa
         ),
         ("chain_stall: [{at_s: true, duration_s: 1}]\n", "chain_stall[0].at_s", "number"),
         ("name: 5\n", "name", "text"),
-        ("- just a list\n", "(top level)", "mapping"),
+        ("- just a list\n", "", "mapping"),
+        ("# nothing but a comment\n", "", "empty"),
         ("rpc: {error_rate: [\n", "", "YAML"),
     ],
 )
@@ -124,7 +125,7 @@ def test_bad_plans_name_the_file_and_the_key(tmp_path, text, key, words):
 def test_an_unknown_plan_name_lists_the_known_ones():
     with pytest.raises(WorkbenchError, match="chaos"):
         load_faults("nosuch")
-    assert {p.stem for p in FAULTS_DIR.glob("*.yaml")} >= set(PLANS)
+    assert set(names("faults")) >= set(PLANS)
 
 
 def test_faults_need_the_local_stack(tmp_path):
@@ -237,7 +238,7 @@ def test_a_chain_stall_with_a_relayer_crash_in_it(tmp_path):
         "chain_stall: [{at_s: 0.5, duration_s: 6}]\n"
         "restarts: [{component: api, at_s: 1.0, down_s: 0.2}]\n",
     )
-    profile = yaml.safe_load((PROFILES_DIR / "fast.yaml").read_text())
+    profile = load_profile("fast")
     profile["api"] = {"relayer": {"stuck_after_s": 1.5}}
     profile_path = write_plan(tmp_path, yaml.safe_dump(profile), "profile.yaml")
     events, run_dir = fault_run(tmp_path, plan, users=8, ramp_s=3, profile=str(profile_path))

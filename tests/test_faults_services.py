@@ -392,18 +392,9 @@ async def test_run_survives_inference_faults(tmp_path):
     assert summary["inference_ok"] == users - len(failed)
 
 
-def _stack_passes_inference_timeout() -> bool:
-    """Whether LocalStack hands the profile's `inference.timeout_s` to the personal server (the
-    stack's wiring, not ours); without it a hung inference outlives the fast profile's flows."""
-    from workbench.stack.local import LocalStack
-
-    config = LocalStack("fast")._personal_config(0, "", "", {})
-    return "timeout_s" in config["inference"]
-
-
 async def test_run_inference_timeouts_fail_as_inference(tmp_path):
-    if not _stack_passes_inference_timeout():
-        pytest.skip("LocalStack does not pass profile inference.timeout_s to the personal server")
+    """The fast profile's `inference.timeout_s` (5 s) reaches the personal server: a hung
+    inference fails there, as an inference error, before the flow's own timeout."""
     users = 8
     faults = {"inference": {"timeout_rate": 0.25}}
     events, summary = await faulty_run(tmp_path, users, faults)

@@ -457,14 +457,13 @@ def test_unknown_operations_are_404(local_stack, known, op_id):
         assert_4xx_json(status, answer)
 
 
-# --- RPC proxy (when the fault engineer's module is there) ---------------------------------------
+# --- RPC proxy ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def rpc_proxy(tmp_path_factory) -> Iterator[str]:
     """The fault proxy, unarmed, in front of a throwaway anvil: fuzzed calls that reach the node
     cannot disturb the shared stack's chain."""
-    pytest.importorskip("workbench.stack.rpc_proxy")
     tmp = tmp_path_factory.mktemp("rpc_proxy")
     port = free_port()
     node = start_anvil(port, tmp / "anvil.log")

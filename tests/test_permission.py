@@ -99,6 +99,7 @@ def test_typed_data_is_viem_shaped_and_json_safe():
     assert typed["message"]["nonce"] == 2**256 - 1 and typed["message"]["serverAddress"] == SERVER
 
 
+@pytest.mark.e2e
 def test_digest_and_signatures_match_viem():
     typed = {name: _typed(m) for name, m in CASES.items()}
     ours = {name: permission.sign(KEY, t) for name, t in typed.items()}

@@ -146,6 +146,7 @@ async def wait_finished(session, url: str, op_id: str) -> dict:
     return await poll_operation(session, url, op_id, lambda s: s not in ("starting", "processing"))
 
 
+@pytest.mark.e2e
 async def test_identity_is_per_user_deterministic_and_as_specified(stack):
     users = [Account.create().address for _ in range(2)]
     async with aiohttp.ClientSession() as s:
@@ -163,6 +164,7 @@ async def test_identity_is_per_user_deterministic_and_as_specified(stack):
     assert other["personal_server"]["address"] != server["address"]  # each user their own key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "query", [{}, {"address": "0x123"}, {"address": "alice"}, {"address": "0x" + "g" * 40}]
 )
@@ -172,6 +174,7 @@ async def test_identity_rejects_bad_addresses(stack, query):
     assert status == 400 and body["success"] is False
 
 
+@pytest.mark.e2e
 async def test_grantee_operation_end_to_end_decrypts_the_file(stack, w3):
     user_key = Account.create().key.to_0x_hex()
     async with aiohttp.ClientSession() as s:
@@ -197,6 +200,7 @@ async def test_grantee_operation_end_to_end_decrypts_the_file(stack, w3):
     assert set(metrics) >= {"queue_depth", "in_flight", "done", "failed", "submitted"}
 
 
+@pytest.mark.e2e
 async def test_only_the_grantee_may_submit(stack, w3):
     user_key = Account.create().key.to_0x_hex()
     async with aiohttp.ClientSession() as s:
@@ -219,6 +223,7 @@ async def test_only_the_grantee_may_submit(stack, w3):
         assert status == 403  # also for a permission that already has an operation
 
 
+@pytest.mark.e2e
 async def test_unknown_permission_and_operation_are_404(stack):
     async with aiohttp.ClientSession() as s:
         status, body = await post_json(s, f"{stack['url']}/operations", signed_request(10**9))
@@ -227,6 +232,7 @@ async def test_unknown_permission_and_operation_are_404(stack):
         assert status == 404 and body["success"] is False
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "body",
     [
@@ -252,6 +258,7 @@ async def test_garbage_bodies_are_4xx_and_server_keeps_serving(stack, body):
         assert status == 200 and health["status"] == "ok"
 
 
+@pytest.mark.e2e
 async def test_full_queue_answers_503_and_stop_cancels(stack, w3, tmp_path):
     """A second server with the same seed (so the same user keys), one slow worker, queue of 1."""
     inference = {"backend": "simulated", "latency_s": [60, 60], "workers": 1, "max_queue": 1}

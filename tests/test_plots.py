@@ -13,7 +13,7 @@ from workbench.analysis import plots
 from workbench.analysis.results import load_results
 from workbench.analysis.stats import capacity_curve, knee
 from workbench.analysis.summary import summarize
-from workbench.events import STEPS
+from workbench.steps import STEPS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,14 +122,6 @@ def test_errors_by_class_with_component_and_empty_state(run, tmp_path):
     assert any(label.startswith("cancelled") for label in labels)
     clean = load_results(write_results_dir(tmp_path / "clean", n_flows=5))
     assert "no errors" in _texts(plots.errors(clean))
-
-
-def test_fault_component_uses_the_step_for_timeouts_and_http():
-    assert plots.fault_component("storage") == "storage server"
-    assert plots.fault_component("nonce", "relay") == "chain / relayer"
-    assert plots.fault_component("timeout", "inference_poll").startswith("personal server")
-    assert plots.fault_component("http", "upload_file") == "storage server"
-    assert plots.fault_component("http") == "API server"
 
 
 def test_capacity_curve_marks_the_knee(tmp_path):

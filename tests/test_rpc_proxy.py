@@ -16,6 +16,7 @@ from eth_utils import keccak
 from workbench.stack.components import start_component, stop_component
 from workbench.stack.rpc_proxy import build_app
 from workbench.vana import chain
+from workbench.vana.retry import RetryPolicy
 
 RPC_FAULTS = {"error_rate": 0, "statuses": [429], "timeout_rate": 0, "timeout_s": 5, "drop_rate": 0}
 
@@ -165,7 +166,7 @@ async def test_reads_are_retried_through_faults_and_sends_are_not_duplicated(ups
     runner, url = await proxy_for(
         node_url, error_rate=0.3, timeout_rate=0.1, timeout_s=0.3, drop_rate=0.2
     )
-    retry = chain.RetryPolicy(attempts=20, base_s=0.01, cap_s=0.05)
+    retry = RetryPolicy(attempts=20, base_s=0.01, cap_s=0.05)
     w3 = chain.make_web3(url, timeout_s=0.2, retry=retry)
     try:
         for _ in range(20):
@@ -188,7 +189,7 @@ async def test_reads_are_retried_through_faults_and_sends_are_not_duplicated(ups
 async def test_a_read_that_always_fails_raises_rpc_unavailable(upstream):
     _, node_url = upstream
     runner, url = await proxy_for(node_url, error_rate=1, statuses=[503])
-    w3 = chain.make_web3(url, timeout_s=2, retry=chain.RetryPolicy(attempts=3, base_s=0.01))
+    w3 = chain.make_web3(url, timeout_s=2, retry=RetryPolicy(attempts=3, base_s=0.01))
     try:
         with pytest.raises(chain.RpcUnavailable, match="3 attempts"):
             await w3.eth.block_number
@@ -200,7 +201,7 @@ async def test_a_read_that_always_fails_raises_rpc_unavailable(upstream):
 async def test_failover_to_the_next_url(upstream):
     _, node_url = upstream
     runner, bad = await proxy_for(node_url, error_rate=1)
-    w3 = chain.make_web3(f"{bad},{node_url}", timeout_s=2, retry=chain.RetryPolicy(base_s=0.01))
+    w3 = chain.make_web3(f"{bad},{node_url}", timeout_s=2, retry=RetryPolicy(base_s=0.01))
     try:
         for _ in range(4):  # whichever URL a read starts on, it ends on the good one
             answer = await w3.provider.make_request("eth_chainId", [])
@@ -210,6 +211,7 @@ async def test_failover_to_the_next_url(upstream):
         await runner.cleanup()
 
 
+@pytest.mark.e2e
 def test_the_proxy_process_keeps_serving_under_garbage(tmp_path):
     """As its own process: bad bodies get 4xx JSON, then it still answers."""
     proc, url = start_component(

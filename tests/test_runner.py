@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from workbench.analysis import console, results
 from workbench.driver import runner
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import Wallet
@@ -129,3 +130,26 @@ async def test_a_driver_bug_in_a_user_task_ends_the_run_as_an_error(tmp_path, mo
         await run.execute()
     end = [e for e in read_events(run.dir / "events.jsonl") if e["kind"] == "run"][-1]
     assert end["reason"] == "error: KeyError"
+
+
+def test_live_per_user_lines_are_the_ones_the_report_replays() -> None:
+    """One text for each flow outcome: the runner prints `analysis.console.user_line` of the flow
+    event, and the report replays it from the same event read back as a row."""
+    events = [
+        {"kind": "flow", "user": 2, "ok": True, "status": "ok", "duration_s": 43.81, "t": 0},
+        {"kind": "flow", "user": 6, "ok": False, "status": "failed", "failed_step": "relay",
+         "error_class": "nonce", "duration_s": 12.34, "t": 1},
+        {"kind": "flow", "user": 9, "ok": False, "status": "cancelled", "failed_step": "confirm",
+         "error_class": "cancelled", "duration_s": 3.0, "t": 2},
+    ]  # fmt: skip
+    out = io.StringIO()
+    live = runner.Console(out, users=3, progress=False)
+    for event in events:
+        live.flow_done(event)
+    assert out.getvalue().splitlines() == [
+        "  [User 03] ✅ Flow completed in 43.8s",
+        "  [User 07] ❌ Flow failed at relay (nonce) after 12.3s",
+        "  [User 10] ⏹️ Flow cancelled at confirm (cancelled) after 3.0s",
+    ]
+    rows = results.flows_frame(events).sort_values("t")
+    assert [console.user_line(row) for _, row in rows.iterrows()] == out.getvalue().splitlines()

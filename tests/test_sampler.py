@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ def _values(rows, component: str, metric: str) -> list[float]:
     ]
 
 
+@pytest.mark.e2e
 async def test_rows_per_interval_and_busy_beats_idle(tmp_path, children):
     busy, idle = children(BUSY), children(IDLE)
     out = tmp_path / "samples.csv"
@@ -71,6 +71,7 @@ async def test_rows_per_interval_and_busy_beats_idle(tmp_path, children):
     assert sent == sorted(sent)  # cumulative counters
 
 
+@pytest.mark.e2e
 async def test_process_that_exits_is_recorded_once_then_skipped(tmp_path, children):
     short = children("import time; time.sleep(0.3)")  # never reaped while sampled: a zombie
     out = tmp_path / "samples.csv"
@@ -153,31 +154,3 @@ async def test_header_once_when_appending(tmp_path):
             await asyncio.sleep(0.15)
     lines = out.read_text().splitlines()
     assert lines.count(",".join(HEADER)) == 1
-
-
-async def test_sampler_cpu_cost_per_tick(tmp_path, children):
-    """Benchmark-ish: prints the sampler's CPU per tick (4 processes, two gauges); no assert."""
-    runner, base = await _metrics_server({"queue_depth": 1, "in_flight": 0})
-    pids = {name: children(IDLE).pid for name in ("anvil", "storage", "api", "personal")}
-    gauges = {"personal": f"{base}/metrics", "api": f"{base}/metrics"}
-    out = tmp_path / "samples.csv"
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    try:
-        async with Sampler(out, pids, gauges, rpc_url=base, interval_s=0.05) as sampler:
-            await asyncio.sleep(2.0)
-    finally:
-        await runner.cleanup()
-    cpu_ms = (time.process_time() - cpu0) * 1000 / sampler.ticks
-    psutil_ms = sum(sampler.tick_cpu_ms) / len(sampler.tick_cpu_ms)
-    print(
-        "\nsampler cost "
-        + json.dumps(
-            {
-                "ticks": sampler.ticks,
-                "cpu_ms_per_tick_total": round(cpu_ms, 2),
-                "cpu_ms_per_tick_psutil": round(psutil_ms, 2),
-                "at_interval_0.5s_pct_of_one_core": round(cpu_ms / 500 * 100, 2),
-                "wall_s": round(time.perf_counter() - wall0, 2),
-            }
-        )
-    )

@@ -68,6 +68,25 @@ def test_mnemonics_are_found_by_shape():
     assert not secrets.find_mnemonics(prose)
 
 
+def test_find_secrets_rules():
+    assert secrets.find_secrets(f'"private_key": "{KEY}"')
+    assert secrets.find_secrets(f"WORKBENCH_FUNDER_KEY={KEY[2:]}")
+    assert secrets.find_secrets(f"<td>relayer_key</td>\n<td>{KEY}</td>")
+    assert not secrets.find_secrets(f'"tx_hash": "{KEY}", "block_hash": "{KEY}"')
+    assert not secrets.find_secrets(f'"public_key": "{KEY}"')
+    assert secrets.find_secrets(f"any text {KEY.upper()[2:]} here", [KEY])
+    assert not secrets.find_secrets(f"any text {KEY} here", ["0x" + "1" * 64])
+
+
+def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
+    monkeypatch.setenv("WORKBENCH_SECRETS", json.dumps({"relayers": ["0x" + "ab" * 32]}))
+    ws = wallets.generate(2, tmp_path / "wallets.json")
+    found = secrets.known_secrets(wallets.file_secrets({"wallet_file": str(ws.path), "users": 2}))
+    assert KEY in found and "0x" + "ab" * 32 in found
+    assert set(ws.private_keys()) <= set(found) and ws.mnemonic in found
+
+
 # --------------------------------------------------------------------------- events and logs
 
 
@@ -154,6 +173,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.e2e
 async def test_stack_errors_never_echo_a_stack_secret(local_stack):
     held = stack_secrets(local_stack)
     assert len(held) >= 3  # the app key, relayer keys, the personal server's seed
@@ -170,6 +190,7 @@ async def test_stack_errors_never_echo_a_stack_secret(local_stack):
                 assert not leaked, f"{component} {path} echoed a stack secret"
 
 
+@pytest.mark.e2e
 def test_every_stack_process_listens_on_loopback_only(local_stack):
     for component, pid in local_stack.pids.items():
         listening = [
@@ -184,6 +205,7 @@ def test_every_stack_process_listens_on_loopback_only(local_stack):
 # --------------------------------------------------------------------------- results and reports
 
 
+@pytest.mark.e2e
 def test_run_results_hold_no_key(local_stack, tmp_path, monkeypatch):
     """A real run: its events, samples and config hold none of the wallets' keys or mnemonic."""
     monkeypatch.setenv("WORKBENCH_WALLET_FILE", str(tmp_path / "wallets.json"))

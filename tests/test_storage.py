@@ -68,6 +68,7 @@ def test_parse_cid_rejects_garbage_with_value_error_only(text):
         pass
 
 
+@pytest.mark.e2e
 async def test_add_cat_gateway_roundtrip(storage):
     data = b'{"name": "alice", "bytes": "' + bytes(range(32, 127)) + b'"}'
     async with aiohttp.ClientSession() as s:
@@ -82,6 +83,7 @@ async def test_add_cat_gateway_roundtrip(storage):
             assert resp.status == 200 and await resp.read() == data
 
 
+@pytest.mark.e2e
 async def test_concurrent_identical_uploads_store_one_object(storage):
     data = b"same bytes from many clients"
     async with aiohttp.ClientSession() as s:
@@ -92,6 +94,7 @@ async def test_concurrent_identical_uploads_store_one_object(storage):
             assert await resp.read() == data
 
 
+@pytest.mark.e2e
 async def test_remove_deletes_and_updates_gauges(storage):
     data = b"to be removed"
     async with aiohttp.ClientSession() as s:
@@ -107,6 +110,7 @@ async def test_remove_deletes_and_updates_gauges(storage):
             assert resp.status == 404
 
 
+@pytest.mark.e2e
 async def test_oversize_upload_is_413_and_server_keeps_serving(storage):
     async with aiohttp.ClientSession() as s:
         errors_before = (await (await s.get(f"{storage}/metrics")).json())["upload_errors"]
@@ -119,6 +123,7 @@ async def test_oversize_upload_is_413_and_server_keeps_serving(storage):
         assert (await (await s.get(f"{storage}/health")).json())["status"] == "ok"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "arg, status",
     [
@@ -137,6 +142,7 @@ async def test_unknown_or_malformed_cid_is_4xx_json(storage, arg, status):
             assert resp.status == status
 
 
+@pytest.mark.e2e
 async def test_malformed_requests_are_400_json(storage):
     async with aiohttp.ClientSession() as s:
         # Not multipart at all.
@@ -160,6 +166,7 @@ async def test_malformed_requests_are_400_json(storage):
         assert status == 200
 
 
+@pytest.mark.e2e
 def test_start_component_reports_a_dying_process(tmp_path):
     config = {"max_upload_bytes": "not a number"}
     with pytest.raises(ComponentStartError, match="exited with code") as err:
@@ -167,6 +174,7 @@ def test_start_component_reports_a_dying_process(tmp_path):
     assert "ValueError" in str(err.value)  # the log tail is in the message
 
 
+@pytest.mark.e2e
 def test_start_component_times_out_with_the_log(tmp_path):
     # An RPC endpoint that accepts connections and never answers keeps the server from READY.
     with socket.socket() as silent:
@@ -194,6 +202,7 @@ def test_start_component_times_out_with_the_log(tmp_path):
             )
 
 
+@pytest.mark.e2e
 def test_astart_component_outlives_the_event_loop_that_started_it(tmp_path):
     # PR_SET_PDEATHSIG follows the forking thread: a fork on an executor thread would kill the
     # server as soon as asyncio.run() shuts its executor down.

@@ -173,6 +173,7 @@ def run_preflight(path: Path):
     return asyncio.run(preflight(load_target(path), timeout_s=5))
 
 
+@pytest.mark.e2e
 def test_preflight_passes_on_the_local_stack(local_stack, tmp_path):
     report = run_preflight(write(tmp_path, stack_doc(local_stack)))
     assert report.ok, report.lines()
@@ -182,12 +183,14 @@ def test_preflight_passes_on_the_local_stack(local_stack, tmp_path):
     report.raise_for_problems()  # no-op when ok
 
 
+@pytest.mark.e2e
 def test_wrong_chain_id_fails_naming_chain_id(local_stack, tmp_path):
     report = run_preflight(write(tmp_path, stack_doc(local_stack, chain_id=14800)))
     assert [c.item for c in report.problems] == ["chain_id", "contracts"]
     assert "14800" in report.problems[0].detail and "31337" in report.problems[0].detail
 
 
+@pytest.mark.e2e
 def test_unreachable_api_is_named(local_stack, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     report = run_preflight(write(tmp_path, stack_doc(local_stack, api_url=dead)))
@@ -195,6 +198,7 @@ def test_unreachable_api_is_named(local_stack, tmp_path):
     assert "unreachable" in report.problems[0].detail and dead in report.problems[0].detail
 
 
+@pytest.mark.e2e
 def test_every_problem_is_reported_at_once(local_stack, tmp_path):
     ep = local_stack.endpoints
     doc = stack_doc(
@@ -221,6 +225,7 @@ def test_every_problem_is_reported_at_once(local_stack, tmp_path):
     assert all(f"- {item}:" in text for item in problems)
 
 
+@pytest.mark.e2e
 def test_a_foreign_permissions_contract_fails_the_domain_check(local_stack, tmp_path):
     ep = local_stack.endpoints
     swapped = {**ep.contracts, "DataPortabilityPermissions": ep.contracts["DataRegistry"]}
@@ -231,6 +236,7 @@ def test_a_foreign_permissions_contract_fails_the_domain_check(local_stack, tmp_
     )
 
 
+@pytest.mark.e2e
 def test_cli_preflight_exit_codes(local_stack, tmp_path, capsys):
     assert main(["preflight", str(write(tmp_path, stack_doc(local_stack)))]) == 0
     assert "is ready" in capsys.readouterr().out
@@ -240,6 +246,7 @@ def test_cli_preflight_exit_codes(local_stack, tmp_path, capsys):
     assert main(["preflight", str(write(tmp_path, {**GOOD, "chain_id": "x"}, "b.yaml"))]) == 2
 
 
+@pytest.mark.e2e
 def test_a_run_stops_at_preflight_before_any_wallet(local_stack, tmp_path, monkeypatch):
     wallet_file = tmp_path / "wallets.json"
     monkeypatch.setenv("WORKBENCH_WALLET_FILE", str(wallet_file))
@@ -254,6 +261,7 @@ def test_a_run_stops_at_preflight_before_any_wallet(local_stack, tmp_path, monke
     assert '"reason":"error: WorkbenchError"' in events
 
 
+@pytest.mark.e2e
 def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_WALLET_FILE", str(tmp_path / "wallets.json"))
     path = write(tmp_path, stack_doc(local_stack))

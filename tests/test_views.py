@@ -6,6 +6,7 @@ import pytest
 from eth_account import Account
 
 from workbench.vana import chain
+from workbench.vana import contracts as vana_contracts
 from workbench.vana.views import ViewFunction
 
 pytestmark = pytest.mark.e2e
@@ -67,8 +68,6 @@ async def test_revert_answered_as_a_bare_string_is_a_contract_logic_error() -> N
     # Some nodes put a string, not an object, under "error"; that must not become AttributeError.
     from web3.exceptions import ContractLogicError
 
-    from workbench.stack import compile as contracts
-
     class Provider:
         async def make_request(self, method, params):
             return {"jsonrpc": "2.0", "id": 1, "error": "execution reverted"}
@@ -77,7 +76,7 @@ async def test_revert_answered_as_a_bare_string_is_a_contract_logic_error() -> N
         "Contract",
         (),
         {
-            "abi": contracts.abi("DataPortabilityPermissions"),
+            "abi": vana_contracts.abi("DataPortabilityPermissions"),
             "w3": type("W3", (), {"provider": Provider()})(),
             "address": "0x" + "11" * 20,
         },

@@ -70,6 +70,7 @@ def test_asking_for_more_wallets_than_the_file_holds_says_how_to_generate(tmp_pa
         wallets.load(path, 4)
 
 
+@pytest.mark.e2e
 async def test_fund_is_idempotent_check_finds_short_ones_and_sweep_returns_funds(
     anvil, w3, tmp_path
 ):
@@ -94,6 +95,7 @@ async def test_fund_is_idempotent_check_finds_short_ones_and_sweep_returns_funds
     assert all(b < 10**15 for b in await wallets.balances(w3, ws.addresses))  # only dust left
 
 
+@pytest.mark.e2e
 async def test_funding_more_than_the_funder_has_fails_before_sending(w3, tmp_path):
     ws = wallets.generate(2, tmp_path / "w.json")
     poor = Account.create()
@@ -101,6 +103,7 @@ async def test_funding_more_than_the_funder_has_fails_before_sending(w3, tmp_pat
         await wallets.fund(w3, poor.key.hex(), ws.addresses, 10**16)
 
 
+@pytest.mark.e2e
 def test_cli_generate_then_check_prints_the_milestone_lines(anvil, tmp_path, capsys, monkeypatch):
     path = tmp_path / "w.json"
     monkeypatch.setenv(wallets.FUNDER_KEY_ENV, dev_key(FUNDER_INDEX))
@@ -120,6 +123,7 @@ def test_cli_without_rpc_url_names_the_flag(tmp_path, capsys):
     assert "--rpc-url" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 async def test_cli_funder_defaults_to_anvil_dev_key_only_on_a_local_chain(w3, monkeypatch):
     from workbench.cli import wallets as wallets_cli
 

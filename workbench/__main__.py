@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_wallets)
 
     r = sub.add_parser("run", help="run a load shape of concurrent flows and write a results dir")
-    r.add_argument("--params", help="a params YAML (params/run-*.yaml); flags override it")
+    r.add_argument(
+        "--params", help="a params YAML: a name in params/ (run-ms03) or a path; flags override it"
+    )
     r.add_argument("--users", type=int)
     r.add_argument("--profile")
     r.add_argument("--target", help="local (default) or a target YAML")

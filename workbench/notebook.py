@@ -83,12 +83,13 @@ def show_results(results_dir: str | Path) -> dict[str, Any]:
     """Displays the milestone's output sections, criteria table, figures and verdict."""
     from IPython.display import HTML, Image, Markdown, display
 
-    from workbench.analysis import report
+    from workbench.analysis.console import console_text
+    from workbench.analysis.report_html import criteria_table_html
 
     results_dir = Path(results_dir)
     summary = json.loads((results_dir / "summary.json").read_text(encoding="utf-8"))
-    display(Markdown(f"```\n{report.console_text(results_dir)}\n```"))
-    display(HTML(report.criteria_table_html(summary["criteria"])))
+    display(Markdown(f"```\n{console_text(results_dir)}\n```"))
+    display(HTML(criteria_table_html(summary["criteria"])))
     for png in sorted((results_dir / "figures").glob("*.png")):
         display(Image(filename=str(png)))
     display(

@@ -1,10 +1,13 @@
-"""Keeping keys out of what the workbench writes: events, logs, server error messages.
+"""Keeping keys out of what the workbench writes: events, logs, server error messages, reports.
 
 Keys reach the workbench only from the environment (`WORKBENCH_FUNDER_KEY`, the stack's
 `WORKBENCH_SECRETS`) or the 0600 wallet file. Everything written can pass through a `Redactor`,
 which replaces (1) any secret it was told about, wherever it appears, and (2) any 32-byte hex
 value held under a name that says secret (`private_key`, `seed`, …) but not a public value
 (`tx_hash`, `public_key`, `address`, `*_id`), so transaction hashes survive.
+
+Reports get shared, so they are not redacted but refused: `refuse_secrets` raises if a file
+holds a key (`find_secrets` says where, never what), checked against `known_secrets`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+from workbench.errors import WorkbenchError
 
 REDACTED = "[redacted]"
 FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
 SECRETS_ENV = "WORKBENCH_SECRETS"  # JSON the stack's child processes get their keys from
+WALLET_FILE_ENV = "WORKBENCH_WALLET_FILE"
 MIN_SECRET_LEN = 16  # shorter values would redact ordinary words
 HEX64 = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "key")
@@ -233,3 +240,71 @@ def redact_logs(redactor: Redactor | None = None, logger: logging.Logger | None 
     for handler in (logger or logging.getLogger()).handlers:
         if not isinstance(handler.formatter, RedactingFormatter):
             handler.setFormatter(RedactingFormatter(handler.formatter, redactor))
+
+
+# --------------------------------------------------------------------------- reports
+
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_TAG = re.compile(r"<[^>]*>")
+_DATA_URI = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s]+")
+
+
+def known_secrets(extra: Iterable[str] = ()) -> list[str]:
+    """Keys this machine knows: the environment's (`env_secrets`) plus `extra` (a run's wallet
+    keys and mnemonic: `workbench.driver.wallets.file_secrets` reads them from a wallet file)."""
+    return env_secrets() + [s for s in extra if s]
+
+
+def find_secrets(text: str, secrets: Iterable[str] = ()) -> list[str]:
+    """Where `text` holds a secret: each hit described without the secret itself.
+
+    Three rules: (1) any of `secrets`, with or without `0x`, case-insensitive (a mnemonic also
+    with its words split by newlines, commas or quotes); (2) a 32-byte hex value whose nearest
+    preceding label names a key or secret (`funder_private_key: 0x…`) and not a public value
+    (`tx_hash`, `public_key`, `*_id`), so transaction hashes pass; (3) any valid BIP-39 mnemonic,
+    known or not."""
+    hits = []
+    lowered = text.lower()
+    known_hex: dict[str, int] = {}  # 32-byte keys: one pass over the text finds them all
+    for i, secret in enumerate(secrets):
+        needle = secret.strip().lower().removeprefix("0x")
+        if HEX64.fullmatch(needle):
+            known_hex[needle] = i
+        elif len(needle) >= 16 and needle in lowered:
+            hits.append(f"known secret #{i + 1} at offset {lowered.index(needle)}")
+        elif len(needle.split()) > 1 and (words := phrase_pattern(needle).search(text)):
+            hits.append(f"the words of known secret #{i + 1} at offset {words.start()}")
+    for match in HEX64.finditer(lowered):
+        i = known_hex.get(match.group().removeprefix("0x"))
+        if i is not None:
+            hits.append(f"known secret #{i + 1} at offset {match.start()}")
+    scannable = _DATA_URI.sub("data:image", text)  # our own PNGs: huge and never text
+    for match in HEX64.finditer(scannable):
+        label = _label_before(scannable, match.start())
+        if label and secret_label(label):
+            hits.append(f"a 32-byte hex value labelled {label!r}")
+    hits += [f"a {len(m.split())}-word BIP-39 mnemonic" for m in find_mnemonics(scannable)]
+    return hits
+
+
+def _label_before(text: str, pos: int) -> str | None:
+    window = _TAG.sub(" ", text[max(0, pos - 300) : pos])[-80:]
+    labels = _LABEL.findall(window)
+    return labels[-1] if labels else None
+
+
+def refuse_secrets(paths: Iterable[str | Path], secrets: Iterable[str] = ()) -> None:
+    """Raises WorkbenchError if any file holds a private key; says where, never what."""
+    secrets = list(secrets)
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        hits = find_secrets(path.read_text(encoding="utf-8", errors="replace"), secrets)
+        if hits:
+            raise WorkbenchError(
+                "report",
+                "refusing to write: contains a private key",
+                f"{path.name} has {hits[0]}; keys belong in the environment or a 0600 wallet "
+                "file, never in params, events or results. Remove it and render again",
+            )

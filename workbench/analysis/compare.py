@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from workbench.analysis.results import load_results
+from workbench.steps import STEPS
 
 ALPHA = 0.05
 
@@ -80,7 +81,5 @@ def _ok(df: pd.DataFrame, step: str | None = None) -> np.ndarray:
 
 
 def _steps_in_order(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    from workbench.events import STEPS
-
     present = set(a.get("step", pd.Series(dtype=str))) | set(b.get("step", pd.Series(dtype=str)))
     return [s for s in STEPS if s in present]

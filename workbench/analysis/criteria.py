@@ -26,16 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from workbench import params
 from workbench.errors import WorkbenchError
-from workbench.params import PROJECT_ROOT
 
-CRITERIA_DIR = PROJECT_ROOT / "params" / "criteria"
 DEFAULT_CRITERIA = "ms03"
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
-STATUSES = ("TARGET", "ACCEPTABLE", "FAIL", "N/A")
 ROW_COLUMNS = (
     "id",
     "label",
@@ -81,57 +77,37 @@ class Criteria:
         return len(self.rows)
 
 
-def criteria_names() -> list[str]:
-    return sorted(p.stem for p in CRITERIA_DIR.glob("*.yaml"))
-
-
 def load_criteria(name_or_path: str | Path = DEFAULT_CRITERIA) -> Criteria:
     """Loads and validates a criteria file by name (`ms03`) or path; errors name file, row, key."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CRITERIA_DIR / f"{name_or_path}.yaml"
-    elif not path.is_absolute() and not path.is_file():
-        path = PROJECT_ROOT / path  # config.json stores paths relative to the project root
-    if not path.is_file():
+    path, shown, doc = params.load(name_or_path, "criteria")
+    if not isinstance(doc.get("criteria"), list) or not doc["criteria"]:
         raise WorkbenchError(
-            "criteria", f"no criteria file {str(name_or_path)!r}", f"use one of {criteria_names()}"
+            f"{shown}: criteria", "missing or empty", "give a list of rows under `criteria:`"
         )
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise WorkbenchError(str(path), f"is not valid YAML ({e})", "fix the syntax") from e
-    if (
-        not isinstance(doc, dict)
-        or not isinstance(doc.get("criteria"), list)
-        or not doc["criteria"]
-    ):
-        raise WorkbenchError(
-            f"{path}: criteria", "missing or empty", "give a list of rows under `criteria:`"
-        )
-    rows = tuple(_criterion(path, i, raw) for i, raw in enumerate(doc["criteria"]))
+    rows = tuple(_criterion(shown, i, raw) for i, raw in enumerate(doc["criteria"]))
     seen: set[str] = set()
     for i, row in enumerate(rows):
         if row.id in seen:
-            raise WorkbenchError(_field(path, i, row.id, "id"), "is used twice", "make ids unique")
+            raise WorkbenchError(_field(shown, i, row.id, "id"), "is used twice", "make ids unique")
         seen.add(row.id)
     name = str(doc.get("name") or path.stem)
     title, next_ = str(doc.get("title") or name), str(doc.get("next") or "")
     return Criteria(name=name, path=path, rows=rows, title=title, next=next_)
 
 
-def _field(path: Path, i: int, row_id: Any, key: str) -> str:
-    return f"{path}: criteria[{i}] ({row_id}).{key}"
+def _field(shown: str, i: int, row_id: Any, key: str) -> str:
+    return f"{shown}: criteria[{i}] ({row_id}).{key}"
 
 
-def _criterion(path: Path, i: int, raw: Any) -> Criterion:
+def _criterion(shown: str, i: int, raw: Any) -> Criterion:
     if not isinstance(raw, dict):
         raise WorkbenchError(
-            f"{path}: criteria[{i}]", "is not a mapping", "write `key: value` rows"
+            f"{shown}: criteria[{i}]", "is not a mapping", "write `key: value` rows"
         )
     row_id = raw.get("id", "?")
 
     def bad(key: str, problem: str, fix: str) -> WorkbenchError:
-        return WorkbenchError(_field(path, i, row_id, key), problem, fix)
+        return WorkbenchError(_field(shown, i, row_id, key), problem, fix)
 
     for key in raw:
         if key not in _REQUIRED and key not in _OPTIONAL:

@@ -19,7 +19,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from workbench.analysis import stats
 from workbench.analysis.results import COMPONENT_ORDER, Results
-from workbench.events import STEPS
+from workbench.steps import fault_component, in_flow_order
 
 DPI = 110
 PCT_COLORS = {"p50": "#1f77b4", "p95": "#ff7f0e", "p99": "#d62728"}
@@ -34,47 +34,8 @@ COMPONENT_COLORS = {
     "personal": "#17becf",
 }
 PROCESS_METRICS = ("cpu_pct", "rss_mb", "open_files", "connections", "threads", "num_fds")
-NOT_GAUGES = {*PROCESS_METRICS, "loop_lag_ms", "alive"}
 # A threshold further than this multiple of the slowest flow would squash the histogram.
 THRESHOLD_REACH = 3.0
-
-# Which part of the system serves each step: where a failure at that step points.
-STEP_COMPONENT = {
-    "derive_key": "driver (client crypto)",
-    "encrypt": "driver (client crypto)",
-    "share_key": "driver (client crypto)",
-    "sign_permission": "driver (client crypto)",
-    "upload_file": "storage server",
-    "upload_grant": "storage server",
-    "resolve_grantee": "chain (RPC)",
-    "read_nonce": "chain (RPC)",
-    "server_identity": "personal server",
-    "relay": "API server (relayer)",
-    "confirm": "chain / relayer",
-    "inference_submit": "personal server (via API server)",
-    "inference_poll": "personal server (via API server)",
-}
-CLASS_COMPONENT = {
-    "storage": "storage server",
-    "rpc": "chain / relayer",
-    "nonce": "chain / relayer",
-    "revert": "chain / relayer",
-    "relay": "API server (relayer)",
-    "inference": "personal server",
-    "crypto": "driver (client crypto)",
-    "internal": "workbench (driver)",
-    "cancelled": "none: stopped by the run's end",
-}
-
-
-def fault_component(error_class: str | None, step: str | None = None) -> str:
-    """The component a failure points at: by class, and by the failed step for timeouts and
-    plain HTTP errors (a 500 at `upload_file` is the storage server's, not the API server's)."""
-    if error_class in ("timeout", "http"):
-        fallback = "API server" if error_class == "http" else "unknown step"
-        return STEP_COMPONENT.get(step or "", fallback)
-    return CLASS_COMPONENT.get(error_class or "", "unknown")
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -454,7 +415,7 @@ def errors(results: Results) -> Figure:
     by_class.bar_label(by_class.barh(labels, counts.to_numpy(), color=colors), padding=3)
     by_class.set_title("by error class -> component at fault", fontsize=10, loc="left")
     steps = bad["failed_step"].fillna("unknown").astype(str).value_counts()
-    order = [s for s in STEPS if s in steps.index] + sorted(set(steps.index) - set(STEPS))
+    order = in_flow_order(steps.index)
     by_step.bar_label(by_step.barh(order, steps.loc[order].to_numpy(), color="#ff9896"), padding=3)
     by_step.invert_yaxis()  # flow order, first step on top
     by_step.set_title("by failed step (flow order)", fontsize=10, loc="left")

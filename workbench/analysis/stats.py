@@ -7,8 +7,8 @@ Pure functions of a results dir (`load_results`) or of its DataFrames; `summariz
   duration is a time to failure, not a completion time. Step latency likewise uses ok steps.
 - **Percentiles** are numpy's default (linear interpolation between closest ranks, Hyndman-Fan
   type 7), computed exactly from the raw samples: a run holds at most a few thousand flows, so
-  there is no reason to approximate. HdrHistogram (`latency_histogram`, `merge_histograms`) is
-  for merging latency across workers or runs, where raw samples are not at hand.
+  there is no reason to approximate. HdrHistograms (`analysis.histograms`, written to each
+  results dir's `histograms/`) are for merging latency across workers or runs.
 - **Confidence intervals** of mean/p50/p95/p99: `scipy.stats.bootstrap`, percentile method
   (BCa's jackknife is unreliable for quantiles), fixed seed so a report re-renders identically.
   None for n < 2 or all-equal samples. A p99 CI from fewer than ~100 flows is mostly the max.
@@ -34,15 +34,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hdrh.histogram import HdrHistogram
 from scipy import stats
 
 from workbench.analysis.results import COMPONENT_ORDER, Results
-from workbench.events import STEPS
+from workbench.steps import API_STEPS, BY_STEP_CLASSES, UPLOAD_STEPS, in_flow_order
 
-UPLOAD_STEPS = ("upload_file", "upload_grant")
-API_STEPS = ("relay", "inference_submit", "inference_poll")
-API_ERROR_CLASSES = ("http", "timeout")
 MIN_TREND_SPAN_S = 30.0  # shortest steady span whose RSS slope means anything
 WARMUP_FRAC = 0.2
 QUANTILES = {"p50": 50, "p95": 95, "p99": 99}
@@ -91,32 +87,6 @@ def _bootstrap_cis(x: np.ndarray, confidence: float, seed: int, n_resamples: int
     return res.confidence_interval.low, res.confidence_interval.high
 
 
-# HdrHistogram range: 1 us .. 1 day, 3 significant digits (0.1% value resolution).
-_HDR_UNIT = 1e6
-_HDR_RANGE = (1, 86_400 * 1_000_000, 3)
-
-
-def latency_histogram(seconds: Any) -> HdrHistogram:
-    """An HdrHistogram of latencies recorded in microseconds (for merging across workers)."""
-    h = HdrHistogram(*_HDR_RANGE)
-    x = np.asarray(seconds, dtype=float)
-    for us in np.clip(np.rint(x[np.isfinite(x)] * _HDR_UNIT), 1, _HDR_RANGE[1]).astype(np.int64):
-        h.record_value(int(us))
-    return h
-
-
-def merge_histograms(*histograms: HdrHistogram) -> HdrHistogram:
-    merged = HdrHistogram(*_HDR_RANGE)
-    for h in histograms:
-        merged.add(h)
-    return merged
-
-
-def histogram_percentiles(h: HdrHistogram, percentiles=(50, 95, 99)) -> dict[str, float]:
-    """Approximate percentiles (seconds) of a histogram, e.g. a merged one."""
-    return {f"p{p:g}": h.get_value_at_percentile(p) / _HDR_UNIT for p in percentiles}
-
-
 def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:
     """Per step (in flow order): n attempted, ok, failed, cancelled, ok_rate = ok / (ok + failed),
     and latency (mean, p50, p95, p99, max in seconds) of the ok steps."""
@@ -134,8 +104,7 @@ def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:
     quantiles = lat.quantile([0.5, 0.95, 0.99]).unstack()  # pandas' linear == numpy's default
     quantiles.columns = ["p50", "p95", "p99"]
     table = counts.join(lat.mean().rename("mean")).join(quantiles).join(lat.max().rename("max"))
-    order = [s for s in STEPS if s in table.index] + sorted(set(table.index) - set(STEPS))
-    return table.loc[order, cols].rename_axis("step")
+    return table.loc[in_flow_order(table.index), cols].rename_axis("step")
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -263,7 +232,7 @@ def api_errors(steps_df: pd.DataFrame, samples_df: pd.DataFrame) -> dict[str, An
     failed = steps_df[
         steps_df["step"].isin(API_STEPS)
         & ~steps_df["ok"]
-        & steps_df["error_class"].isin(API_ERROR_CLASSES)
+        & steps_df["error_class"].isin(BY_STEP_CLASSES)  # the API server's, not the chain's
     ]
     api = samples_df[samples_df["component"] == "api"]
     crashes = None

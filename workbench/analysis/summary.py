@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.analysis import criteria as crit
+from workbench.analysis.histograms import write_run_histograms
 from workbench.analysis.results import Results, _present, load_results
 from workbench.analysis.stats import (
     api_errors,
@@ -31,6 +32,7 @@ from workbench.analysis.stats import (
     success_rates,
     workbench_cpu,
 )
+from workbench.events import stored_objects
 
 # ----------------------------------------------------------------------------- summary
 
@@ -118,8 +120,6 @@ def summarize(
 
 def _stored(flows: pd.DataFrame) -> dict[str, int]:
     """What the run left in storage (distinct objects): `python -m workbench cleanup` removes it."""
-    from workbench.driver.cleanup import stored_objects
-
     objects = stored_objects(flows.to_dict("records")) if "stored" in flows else {}
     return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
 
@@ -205,7 +205,10 @@ def write_summary(results_dir: str | Path, summary: dict[str, Any]) -> Path:
 
 
 def analyze(results_dir: str | Path, criteria: crit.Criteria | str | Path | None = None) -> dict:
-    """load_results + summarize + write_summary, for the notebooks and the CLI."""
-    summary = summarize(load_results(results_dir), criteria)
+    """load_results + summarize + write_summary and the run's HdrHistograms (`histograms/`),
+    for the notebooks and the CLI."""
+    results = load_results(results_dir)
+    summary = summarize(results, criteria)
     write_summary(results_dir, summary)
+    write_run_histograms(results_dir, results, summary.get("wall_s"))
     return summary

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
-from workbench.params import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT, load
 
 
 def notebook_command(args: Namespace) -> int:
@@ -22,7 +22,8 @@ def notebook_command(args: Namespace) -> int:
     notebook = Path(args.notebook)
     if not notebook.is_file():
         raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
-    params: dict[str, Any] = _params_file(args.params) if getattr(args, "params", None) else {}
+    from_file = load(args.params, "params").data if getattr(args, "params", None) else {}
+    params: dict[str, Any] = dict(from_file)
     params.update({k: _literal(v) for k, v in args.param})
     for key in ("users", "profile"):
         if getattr(args, key, None) is not None:
@@ -59,23 +60,6 @@ def notebook_command(args: Namespace) -> int:
     )
     print(f"📄 Report: {report}  verdict: {summary.get('verdict', '?')}")
     return 0
-
-
-def _params_file(path: str) -> dict[str, Any]:
-    """A params YAML's mapping (papermill -f); names are checked with the -p ones."""
-    import yaml
-
-    fix = "pass a params file such as params/run-ms03.yaml"
-    file = Path(path)
-    if not file.is_file():
-        raise WorkbenchError("params file", f"no file {path}", fix)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise WorkbenchError(path, f"not a readable YAML file ({e})", fix) from None
-    if not isinstance(data, dict):
-        raise WorkbenchError(path, "must be a mapping of parameter: value", fix)
-    return data
 
 
 def _literal(text: str) -> Any:

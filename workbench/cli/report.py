@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from workbench.analysis.report import render
+from workbench.driver.wallets import file_secrets
 from workbench.errors import WorkbenchError
 
 
@@ -18,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--criteria", help="judge against another criteria file")
     args = p.parse_args(argv)
     try:
-        path = render(args.results_dir, args.criteria)
+        config_file = Path(args.results_dir) / "config.json"
+        config = json.loads(config_file.read_text("utf-8")) if config_file.is_file() else {}
+        path = render(args.results_dir, args.criteria, secrets=file_secrets(config))
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

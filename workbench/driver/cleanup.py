@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,11 @@ from typing import Any
 import aiohttp
 
 from workbench.errors import WorkbenchError
-from workbench.events import iter_events
+from workbench.events import iter_events, stored_objects
 
 CONCURRENCY = 16
 TIMEOUT_S = 10.0
 STACK_GONE = "the local stack of this run has stopped; its storage went with it"
-
-
-def stored_objects(flow_events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Distinct objects (CID -> bytes) stored by these flow events. Content addressing makes
-    identical uploads (every user's grant file) one object."""
-    objects: dict[str, int] = {}
-    for event in flow_events:
-        stored = event.get("stored")
-        for obj in stored if isinstance(stored, list) else ():
-            if isinstance(obj, Mapping) and isinstance(obj.get("cid"), str):
-                objects[obj["cid"]] = int(obj.get("bytes") or 0)
-    return objects
 
 
 @dataclass

@@ -5,10 +5,10 @@ Every check runs before anything starts: the first bad value raises one `Workben
 names the parameter and says how to fix it, in the words of where it came from (`-p users 25`,
 `--users 25`, or `users: 25` in a params file). Validation reads files but never writes any.
 
-Paths: input files (profile, target, criteria, faults) are looked up from the current directory
-first, then from the project root, so `params/...` works both from the root (papermill, make) and
-from `notebooks/` (JupyterLab). They are stored relative to the project root when inside it. A
-relative `output_dir` is always under the project root, wherever the run is started from.
+Paths: input files (profile, target, criteria, faults, the params file) are found and read by
+`workbench.params` (names under params/<kind>/, paths from the cwd, then the project root) and
+stored as names or project-relative paths. A relative `output_dir` is always under the project
+root, wherever the run is started from.
 """
 
 from __future__ import annotations
@@ -25,15 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from workbench import params
 from workbench.errors import WorkbenchError
-from workbench.params import PROFILES_DIR, PROJECT_ROOT, load_profile, profile_names
-
-PARAMS_DIR = PROJECT_ROOT / "params"
-TARGETS_DIR = PARAMS_DIR / "targets"
-FAULTS_DIR = PARAMS_DIR / "faults"
-CRITERIA_DIR = PARAMS_DIR / "criteria"
+from workbench.params import project_path
 
 SHAPES = ("staggered", "burst", "hold", "poisson", "steps")
 DATA_SIZES = ("small", "medium", "large", "mixed")
@@ -121,27 +115,21 @@ class RunConfig:
 
     @property
     def profile_path(self) -> Path:
-        return _named_or_path(self.profile, PROFILES_DIR)
+        return params.stored_path(self.profile, "profiles")
 
     @property
     def target_path(self) -> Path | None:
         """None for the embedded local stack."""
-        return None if self.target == "local" else _named_or_path(self.target, TARGETS_DIR)
+        return None if self.target == "local" else params.stored_path(self.target, "targets")
 
     @property
     def criteria_path(self) -> Path:
-        return project_path(self.criteria)
+        return params.stored_path(self.criteria, "criteria")
 
     @property
     def faults_path(self) -> Path | None:
         """None when no faults are injected."""
-        return None if self.faults == "none" else _named_or_path(self.faults, FAULTS_DIR)
-
-
-def project_path(value: str | Path) -> Path:
-    """A stored path: absolute as is, relative ones under the project root."""
-    path = Path(value)
-    return path if path.is_absolute() else PROJECT_ROOT / path
+        return None if self.faults == "none" else params.stored_path(self.faults, "faults")
 
 
 # ---- where a value came from decides how the fix is worded -------------------------------------
@@ -356,96 +344,54 @@ def _output_dir(value: Any) -> str:
 
 
 def _profile(value: Any) -> str:
-    names = profile_names()
-    path = _find_file(value, PROFILES_DIR)
-    if path is None:
-        raise _Bad(
-            f"no profile {value!r}", advice=f"profiles: {', '.join(names)}, or a path to a YAML"
-        )
+    path = _input(value, "profiles")
     try:
-        load_profile(str(path))
+        params.load_profile(path)
     except WorkbenchError as e:
-        raise _Bad(f"{_display(path)} is not a valid profile: {e}") from None
-    return value if value in names else _display(path)
+        raise _Bad(f"{params.display(path)} is not a valid profile: {e}") from None
+    return _stored(value, path)
 
 
-def _reference(named_dir: Path, keyword: str, what: str) -> Callable[[Any], str]:
-    """`keyword` (local / none), a name under `named_dir`, or a path to a YAML file."""
+def _reference(kind: str) -> Callable[[Any], str]:
+    """The kind's keyword (local / none), a name under params/<kind>/, or a path to a YAML file."""
+    keyword = params.KINDS[kind].keyword
 
     def check(value: Any) -> str:
-        if value == keyword:
-            return value
-        path = _find_file(value, named_dir)
-        if path is None:
-            names = sorted(p.stem for p in named_dir.glob("*.yaml"))
-            known = f"{keyword}, " + (f"one of {', '.join(names)}, " if names else "")
-            raise _Bad(f"no {what} {value!r}", advice=f"use {known}or a path to a YAML file")
-        _parse_yaml(path)
-        return value if path.parent == named_dir and value == path.stem else _display(path)
+        return value if value == keyword else _stored(value, _input(value, kind))
 
     return check
 
 
 def _criteria(value: Any) -> str:
-    path = _find_file(value, CRITERIA_DIR)
-    if path is None:
-        raise _Bad(f"no criteria file {value!r}", advice="criteria files live in params/criteria/")
-    _parse_yaml(path)
-    return _display(path)
+    return params.display(_input(value, "criteria"))
 
 
-def _find_file(value: Any, named_dir: Path | None) -> Path | None:
-    """A bare name in `named_dir`, else a path tried from the cwd, then from the project root."""
-    if not isinstance(value, str | Path) or not str(value).strip():
-        return None
-    text = str(value)
-    if named_dir is not None and _is_name(text):
-        candidates = [named_dir / f"{text}.yaml"]
-    else:
-        candidates = [Path(text).resolve(), project_path(text)]
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def _parse_yaml(path: Path) -> Any:
+def _input(value: Any, kind: str) -> Path:
+    """The readable YAML mapping a value names; `workbench.params` errors become `_Bad`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise _Bad(f"cannot read {_display(path)}: {_first_line(e)}") from None
+        path = params.resolve(value, kind)
+        params.read_yaml(path, kind)
+    except WorkbenchError as e:
+        problem = e.problem if e.field == params.KINDS[kind].field else f"{e.field} {e.problem}"
+        raise _Bad(problem, advice=e.fix) from None
+    return path
 
 
-def _named_or_path(value: str, named_dir: Path) -> Path:
-    return named_dir / f"{value}.yaml" if _is_name(value) else project_path(value)
-
-
-def _is_name(text: str) -> bool:
-    """`moksha` names params/profiles/moksha.yaml; `x.yaml` or `dir/x` are paths."""
-    return "/" not in text and not Path(text).suffix
-
-
-def _display(path: Path) -> str:
-    """Project-relative when inside the project (portable in reports), else absolute."""
-    resolved = path.resolve()
-    try:
-        return resolved.relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(resolved)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _stored(value: Any, path: Path) -> str:
+    """Names stay names; paths are recorded project-relative (portable in reports)."""
+    return value if params.is_name(str(value)) else params.display(path)
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "users": _int(1, MAX_USERS),
     "profile": _profile,
-    "target": _reference(TARGETS_DIR, "local", "target"),
+    "target": _reference("targets"),
     "shape": _choice(SHAPES),
     "ramp_s": _float(0),
     "duration_s": _float(0),
     "data_size": _choice(DATA_SIZES),
     "criteria": _criteria,
-    "faults": _reference(FAULTS_DIR, "none", "faults set"),
+    "faults": _reference("faults"),
     "output_dir": _output_dir,
     "fail_on_criteria": _bool,
     "seed": _int(0, 2**32 - 1),
@@ -532,17 +478,11 @@ def _check_steps(v: dict[str, Any]) -> None:
 
 def _read_params_file(path: Path) -> tuple[dict[str, Any], str]:
     """The file's mapping and its name as errors show it; looked up like the other inputs."""
-    fix = "params files live in params/, e.g. params/run-ms03.yaml"
-    found = _find_file(path, None)
-    if found is None:
-        raise WorkbenchError("params file", f"no file {path}", fix)
-    shown = _display(found)
-    try:
-        data = yaml.safe_load(found.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise WorkbenchError(shown, f"not a readable YAML file: {_first_line(e)}", fix) from None
-    if data is None:
-        return {}, shown
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise WorkbenchError(shown, "must be a mapping of parameter: value", fix)
-    return data, shown
+    found = params.load(path, "params")
+    if not all(isinstance(k, str) for k in found.data):
+        raise WorkbenchError(
+            found.shown,
+            "must be a mapping of parameter: value",
+            f"it should contain {params.KINDS['params'].contents}",
+        )
+    return found.data, found.shown

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import os
-import random
 import sys
 import threading
 import time
@@ -24,36 +22,19 @@ from typing import Any
 
 import aiohttp
 
-from workbench.events import Clock
-from workbench.vana import chain, crypto, permission
+from workbench.errors import WorkbenchError
+from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
+from workbench.steps import step_class
+from workbench.vana import chain, crypto, permission, retry
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
 
-Emit = Callable[[dict[str, Any]], None]
-TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses of an operation that is still running on the personal server.
 RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
 
-# Which component a failed step blames when the failure is not more specific.
-STEP_CLASS = {
-    "derive_key": "crypto",
-    "encrypt": "crypto",
-    "share_key": "crypto",
-    "sign_permission": "crypto",
-    "upload_file": "storage",
-    "upload_grant": "storage",
-    "resolve_grantee": "rpc",
-    "read_nonce": "rpc",
-    "server_identity": "http",
-    "relay": "relay",
-    "confirm": "rpc",
-    "inference_submit": "inference",
-    "inference_poll": "inference",
-}
-
 
 class FlowError(Exception):
-    """A step failed; `error_class` names the kind of failure (see events.ERROR_CLASSES)."""
+    """A step failed; `error_class` names the kind of failure (see `workbench.steps`)."""
 
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
@@ -80,6 +61,26 @@ class FlowSettings:
     retry_cap_s: float = 5.0
     schema_id: int = 0
     prompt: str = "Summarise this user's data as JSON."
+
+    def __post_init__(self) -> None:
+        try:  # built now: a bad setting fails before any flow starts, not inside a step
+            _ = self.retry_policy, self.reconnect_policy
+        except ValueError as e:
+            raise WorkbenchError(
+                "flow.retry_*",
+                str(e),
+                "fix retry_attempts, retry_base_s, retry_cap_s in the profile",
+            ) from None
+
+    @functools.cached_property
+    def retry_policy(self) -> retry.RetryPolicy:
+        """For calls safe to repeat: network errors, timeouts and transient statuses."""
+        return retry.RetryPolicy(self.retry_attempts, self.retry_base_s, self.retry_cap_s)
+
+    @functools.cached_property
+    def reconnect_policy(self) -> retry.RetryPolicy:
+        """For waiting out a refused connection: as long as one request may take."""
+        return retry.RetryPolicy(None, self.retry_base_s, self.retry_cap_s, self.http_timeout_s)
 
     @classmethod
     def from_profile(cls, profile: dict[str, Any], **overrides: Any) -> FlowSettings:
@@ -161,7 +162,7 @@ class FlowRun:
     def __init__(self, ctx: FlowContext, record: FlowRecord, wallet: Wallet):
         self.ctx, self.rec, self.wallet = ctx, record, wallet
 
-    def _base(self) -> dict[str, Any]:
+    def key(self) -> FlowKey:
         r = self.rec
         return {
             "run_id": self.ctx.run_id,
@@ -199,21 +200,18 @@ class FlowRun:
             duration = (time.perf_counter_ns() - start_ns) / 1e9
             if error is None:
                 self.rec.steps[name] = duration
+            facts = {k: v for k, v in self.rec.ids.items() if v is not None}
             self.ctx.emit(
-                {
-                    "kind": "step",
-                    **self._base(),
-                    "step": name,
-                    "t": round(t0, 6),
-                    "duration_s": round(duration, 6),
-                    "ok": error is None,
-                    "error": error,
-                    "error_class": error_class,
-                    "attempts": attempts[0],
-                    "wall": time.time(),
-                    **{k: v for k, v in self.rec.ids.items() if v is not None},
-                    **self.rec.step_extra,
-                }
+                step_event(
+                    self.key(),
+                    name,
+                    t0,
+                    duration,
+                    error=error,
+                    error_class=error_class,
+                    attempts=attempts[0],
+                    facts={**facts, **self.rec.step_extra},
+                )
             )
 
     async def run(self, data: bytes) -> None:
@@ -313,18 +311,10 @@ class FlowRun:
         request timeout, retrying with capped jittered backoff. Only a refused connection is
         retried: the request never reached the server, so even a relay (not idempotent: it
         may have been sent on chain) is safe to post again."""
-        s = self.ctx.settings
-        deadline = time.monotonic() + s.http_timeout_s
-        for attempt in itertools.count():
-            try:
-                return await call()
-            except aiohttp.ClientConnectorError:
-                if time.monotonic() >= deadline:
-                    raise
-                attempts[0] += 1
-                backoff = min(s.retry_cap_s, s.retry_base_s * 2 ** min(attempt, 16))
-                await asyncio.sleep(random.uniform(0, backoff))
-        raise AssertionError("unreachable")
+        policy = self.ctx.settings.reconnect_policy
+        return await retry.retrying(
+            lambda _: call(), policy, retry.never_sent, on_retry=_counter(attempts)
+        )
 
     async def confirm(self, tx_hash: str, nonce: int) -> int:
         """The permission id once the message signed with `nonce` is mined, also under a
@@ -364,25 +354,10 @@ class FlowRun:
             await asyncio.sleep(s.poll_interval_s)
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
-        """Retries network errors, timeouts and 5xx with capped exponential backoff, full jitter."""
-        s = self.ctx.settings
-        for attempt in range(1, s.retry_attempts + 1):
-            try:
-                return await call()
-            except (
-                aiohttp.ClientConnectionError,
-                aiohttp.ClientPayloadError,  # a body cut short: the server died mid-answer
-                TimeoutError,
-                HttpStatusError,
-            ) as e:
-                transient = not isinstance(e, HttpStatusError) or e.status in TRANSIENT_HTTP
-                if not transient or attempt == s.retry_attempts:
-                    raise
-                attempts[0] += 1
-                await asyncio.sleep(
-                    random.uniform(0, min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1)))
-                )
-        raise AssertionError("unreachable")
+        """Retries network errors, timeouts and transient statuses (`retry.is_transient`) with
+        capped exponential backoff, full jitter."""
+        policy = self.ctx.settings.retry_policy
+        return await retry.retrying(lambda _: call(), policy, on_retry=_counter(attempts))
 
     async def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
         return await self.request("GET", url, params=params)
@@ -412,7 +387,7 @@ async def run_flow(
     flow_id: int,
     data_size: str,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> FlowEvent:
     """Runs one flow under the per-flow timeout; emits and returns its `kind: "flow"` event.
 
     Cancellation (Ctrl-C, the run's deadline) still emits the outcome, as `cancelled`, then
@@ -425,7 +400,9 @@ async def run_flow(
     start_ns = time.perf_counter_ns()
     rec.deadline_ns = start_ns + int(ctx.settings.flow_timeout_s * 1e9)
     flow = FlowRun(ctx, rec, wallet)
-    status, error, error_class = "ok", None, None
+    status: FlowStatus = "ok"
+    error: str | None = None
+    error_class: str | None = None
     try:
         async with asyncio.timeout(ctx.settings.flow_timeout_s):
             await flow.run(data)
@@ -436,37 +413,32 @@ async def run_flow(
         error_class = "timeout"
     except asyncio.CancelledError:
         status, error, error_class = "cancelled", "cancelled", "cancelled"
-        ctx.emit(_outcome(ctx, rec, start_ns, status, error, error_class))
+        ctx.emit(_outcome(flow, start_ns, status, error, error_class))
         raise
-    event = _outcome(ctx, rec, start_ns, status, error, error_class)
+    event = _outcome(flow, start_ns, status, error, error_class)
     ctx.emit(event)
     return event
 
 
-def _outcome(ctx: FlowContext, rec: FlowRecord, start_ns: int, status: str, error, error_class):
-    return {
-        "kind": "flow",
-        "run_id": ctx.run_id,
-        "flow_id": rec.flow_id,
-        "user": rec.user,
-        "address": rec.address,
-        "t": round(rec.t, 6),
-        "duration_s": round((time.perf_counter_ns() - start_ns) / 1e9, 6),
-        "ok": status == "ok",
-        "status": status,
-        "error": error,
-        "error_class": error_class,
-        "failed_step": None if status == "ok" else rec.current,
-        "data_size": rec.data_size,
-        "bytes": rec.nbytes,
-        "tx_hash": rec.ids.get("tx_hash"),
-        "permission_id": rec.ids.get("permission_id"),
-        "operation_id": rec.ids.get("operation_id"),
-        "result": rec.result if status == "ok" else None,
-        "steps": {k: round(v, 6) for k, v in rec.steps.items()},
-        "wall": time.time(),
-        **rec.extra,
-    }
+def _outcome(
+    flow: FlowRun, start_ns: int, status: FlowStatus, error: str | None, error_class: str | None
+) -> FlowEvent:
+    rec = flow.rec
+    return flow_event(
+        flow.key(),
+        rec.t,
+        (time.perf_counter_ns() - start_ns) / 1e9,
+        status=status,
+        error=error,
+        error_class=error_class,
+        failed_step=None if status == "ok" else rec.current,
+        data_size=rec.data_size,
+        nbytes=rec.nbytes,
+        ids=rec.ids,
+        result=rec.result if status == "ok" else None,
+        steps=rec.steps,
+        facts=rec.extra,
+    )
 
 
 def classify(step: str, exc: BaseException) -> str:
@@ -483,8 +455,17 @@ def classify(step: str, exc: BaseException) -> str:
             if exc.status in (409, 422) or "revert" in text:
                 return "revert"
             return "relay"
-        return STEP_CLASS.get(step, "http")
-    return STEP_CLASS.get(step, "internal")
+        return step_class(step, unknown="http")
+    return step_class(step, unknown="internal")
+
+
+def _counter(attempts: list[int]) -> Callable[[int, BaseException], None]:
+    """Counts retries into a step's `attempts` (the step event records them)."""
+
+    def count(_attempt: int, _error: BaseException) -> None:
+        attempts[0] += 1
+
+    return count
 
 
 def _grantee_address(grantee: Any) -> str:

@@ -22,45 +22,12 @@ from typing import Any
 import aiohttp
 
 from workbench.errors import WorkbenchError
+from workbench.vana import contracts
 from workbench.vana.permission import DOMAIN_NAME, DOMAIN_VERSION
 from workbench.vana.target import CONTRACT_NAMES, ZERO_ADDRESS, Target, load_target
 
 PROBE_ADDRESS = "0x000000000000000000000000000000000000dEaD"  # any user works for /identity
 DEFAULT_TIMEOUT_S = 10.0
-# Just the two reads preflight needs: no compiled artifacts (node, solc) required.
-EIP712_DOMAIN_ABI = {
-    "type": "function",
-    "name": "eip712Domain",
-    "stateMutability": "view",
-    "inputs": [],
-    "outputs": [
-        {"name": "fields", "type": "bytes1"},
-        {"name": "name", "type": "string"},
-        {"name": "version", "type": "string"},
-        {"name": "chainId", "type": "uint256"},
-        {"name": "verifyingContract", "type": "address"},
-        {"name": "salt", "type": "bytes32"},
-        {"name": "extensions", "type": "uint256[]"},
-    ],
-}
-GRANTEES_ABI = {
-    "type": "function",
-    "name": "grantees",
-    "stateMutability": "view",
-    "inputs": [{"name": "granteeId", "type": "uint256"}],
-    "outputs": [
-        {
-            "name": "",
-            "type": "tuple",
-            "components": [
-                {"name": "owner", "type": "address"},
-                {"name": "granteeAddress", "type": "address"},
-                {"name": "publicKey", "type": "string"},
-                {"name": "permissionIds", "type": "uint256[]"},
-            ],
-        }
-    ],
-}
 
 
 @dataclass(frozen=True)
@@ -336,7 +303,7 @@ async def _domain(w3: Any, address: str, chain_id: int) -> Check:
     want = (DOMAIN_NAME, DOMAIN_VERSION, chain_id, address)
     try:
         got = (
-            await w3.eth.contract(address=address, abi=[EIP712_DOMAIN_ABI])
+            await w3.eth.contract(address=address, abi=contracts.abi("DataPortabilityPermissions"))
             .functions.eip712Domain()
             .call()
         )
@@ -360,7 +327,7 @@ _DOMAIN_FIX = "use the address of Vana's DataPortabilityPermissions on this chai
 async def _grantee(w3: Any, address: str, grantee_id: int) -> Check:
     try:
         info = (
-            await w3.eth.contract(address=address, abi=[GRANTEES_ABI])
+            await w3.eth.contract(address=address, abi=contracts.abi("DataPortabilityGrantees"))
             .functions.grantees(grantee_id)
             .call()
         )

@@ -24,12 +24,13 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 import workbench
+from workbench.analysis import console
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
 from workbench.driver.versions import installed_versions
 from workbench.errors import WorkbenchError
-from workbench.events import Clock, EventWriter
+from workbench.events import Clock, Event, EventWriter, FlowEvent, RunMarkName, run_mark
 from workbench.params import load_profile
 from workbench.stack.faults import load_faults
 from workbench.vana.target import Target
@@ -43,11 +44,12 @@ class RunOutcome:
     flows: int = 0
     ok: int = 0
     reason: str = "completed"
-    wallets: list[str] = field(default_factory=list, repr=False)  # keys, for the secret guard
+    wallets: list[str] = field(default_factory=list, repr=False)  # keys + mnemonic: secret guard
 
 
 class Console:
-    """The run's human output: setup lines as in the milestone, a progress bar, per-user lines."""
+    """The run's human output: setup lines as in the milestone, a progress bar, per-user lines
+    (their texts live in `workbench.analysis.console`, which the report replays them from)."""
 
     def __init__(self, out: TextIO, users: int, progress: bool):
         self.out, self.users, self.progress = out, users, progress
@@ -65,28 +67,19 @@ class Console:
                 total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5
             )
 
-    def flow_done(self, event: dict[str, Any]) -> None:
+    def flow_done(self, event: FlowEvent) -> None:
         self.ok += bool(event["ok"])
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(ok=self.ok, refresh=False)
         if event["ok"] and self.users > PER_USER_LINES_MAX:
             return
-        self.say(user_line(event))
+        self.say(console.user_line(event))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def user_line(event: dict[str, Any]) -> str:
-    """`[User 03] ✅ Flow completed in 43.8s`, as the milestone's expected output."""
-    who = f"[User {event['user'] + 1:02d}]"
-    if event["ok"]:
-        return f"  {who} ✅ Flow completed in {event['duration_s']:.1f}s"
-    where = event.get("failed_step") or "?"
-    return f"  {who} ❌ Flow {event['status']} at {where} ({event.get('error_class')}) after {event['duration_s']:.1f}s"
 
 
 class Runner:
@@ -186,21 +179,20 @@ class Runner:
             return await checked_target(self.cfg.target, self.console.say)
         from workbench.stack.local import LocalStack
 
-        self.console.say("📡 Starting local stack (anvil, storage, API server, personal server)...")
+        self.console.say(console.STARTING_STACK)
         local = await stack.enter_async_context(
             LocalStack(self.profile, workdir=self.dir / "stack", faults=self.faults)
         )
         self.local = local
-        api_port = local.endpoints.api_url.rsplit(":", 1)[-1]
-        self.console.say(f"✅ API server ready on port {api_port}")
+        self.console.say(console.api_ready(local.endpoints.api_url, local=True))
         return local.target
 
     async def _wallets(self, target: Target) -> wallets.WalletSet:
         n = self.cfg.users
-        self.console.say(f"👥 Setting up {n} concurrent users...")
+        self.console.say(console.setting_up(n))
         ws = wallets.load_or_generate(n)
-        self.outcome.wallets = ws.private_keys()
-        self.console.say(f"✅ {n} test wallets loaded and validated")
+        self.outcome.wallets = [*ws.private_keys(), ws.mnemonic]
+        self.console.say(console.wallets_loaded(n))
         w3 = _web3(target)
         try:
             if target.kind == "local":
@@ -210,7 +202,7 @@ class Runner:
             from workbench.vana.chain import close_web3
 
             await close_web3(w3)
-        self.console.say("✅ All wallets have sufficient funding")
+        self.console.say(console.WALLETS_FUNDED)
         for w in ws.wallets:
             self.free.put_nowait(w)
         return ws
@@ -218,7 +210,7 @@ class Runner:
     def _sampler(self, target: Target):
         from workbench.driver.sampler import LoopLagProbe, Sampler
 
-        self.console.say("📊 Starting metrics collection...")
+        self.console.say(console.STARTING_METRICS)
         ep = target.endpoints
         gauges = (
             {
@@ -257,10 +249,8 @@ class Runner:
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
         shape = self.shape = shapes.shape_from_config(self.cfg)
         expected = shape.expected_flows()
-        self.console.say("✅ Resource monitoring active")
-        self.console.say(
-            f"🔄 Launching {self.cfg.users} concurrent E2E flows ({self.cfg.shape})..."
-        )
+        self.console.say(console.MONITORING_ACTIVE)
+        self.console.say(console.launching(self.cfg.users, self.cfg.shape))
         self.console.start_bar(expected)
         for launch in shape.launches():
             delay = launch.at_s - self._since_start()
@@ -300,15 +290,7 @@ class Runner:
         try:  # open model: an arrival takes a free wallet and never waits for one
             return self.free.get_nowait()
         except asyncio.QueueEmpty:
-            self._emit(
-                {
-                    "kind": "run",
-                    "event": "dropped",
-                    "t": round(self.clock.now(), 6),
-                    "wall": time.time(),
-                    "reason": "no free wallet",
-                }
-            )
+            self._mark("dropped", reason="no free wallet")
             return None
 
     async def _one_flow(self, ctx: FlowContext, wallet: Wallet, launch: Any) -> None:
@@ -341,20 +323,11 @@ class Runner:
         if self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: Event) -> None:
         self.writer.write(event)
 
-    def _mark(self, what: str, **facts: Any) -> None:
-        self._emit(
-            {
-                "kind": "run",
-                "event": what,
-                "t": round(self.clock.now(), 6),
-                "wall": time.time(),
-                "run_id": self.cfg.run_id,
-                **facts,
-            }
-        )
+    def _mark(self, what: RunMarkName, **facts: Any) -> None:
+        self._emit(run_mark(what, self.clock.now(), str(self.cfg.run_id), **facts))
 
     def _write_config(self, target: Target, ws: wallets.WalletSet) -> None:
         doc = {

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,9 @@ from eth_account.types import Language
 from workbench.driver.flow import Wallet
 from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT
+from workbench.secrets import FUNDER_KEY_ENV, WALLET_FILE_ENV
 from workbench.vana import chain
 
-WALLET_FILE_ENV = "WORKBENCH_WALLET_FILE"
-FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
 PATH_TEMPLATE = "m/44'/60'/0'/0/{}"
 DEFAULT_TARGET_WEI = 10**16  # 0.01 ETH: users only sign; the relayer pays gas
 TRANSFER_GAS = 21_000
@@ -240,3 +240,20 @@ async def sweep(
 async def _gas_price(w3: Any) -> int:
     block = await w3.eth.get_block("latest")
     return int(block.get("baseFeePerGas", 0)) * 2 + 10**9
+
+
+def file_secrets(config: Mapping[str, Any]) -> list[str]:
+    """The keys and mnemonic of the wallet file a run used (its config's `wallet_file`, else
+    `$WORKBENCH_WALLET_FILE`) when readable here: what a report must refuse to contain."""
+    path = config.get("wallet_file") or os.environ.get(WALLET_FILE_ENV)
+    if not path or not Path(path).is_file():
+        return []  # rendered elsewhere: the heuristic and the runner's keys still apply
+    users = config.get("users")
+    try:
+        try:
+            ws = load(Path(path), count=users if isinstance(users, int) else None)
+        except WorkbenchError:  # fewer wallets than users (open-model runs): take the file's
+            ws = load(Path(path))
+    except WorkbenchError:
+        return []  # unreadable (e.g. bad mode): cannot check against it
+    return [*ws.private_keys(), ws.mnemonic]

@@ -45,6 +45,7 @@ from workbench.stack.server import (
 )
 from workbench.vana import chain, permission
 from workbench.vana.crypto import personal_sign
+from workbench.vana.retry import SERVER_CALLS, connection_lost, retrying
 
 APP_KEY = web.AppKey("api_server", object)
 DEFAULT_TIMEOUT_S = 10.0
@@ -188,15 +189,23 @@ class ApiServer:
         return web.json_response({"success": True, "data": data})
 
     async def _personal(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict]:
-        """One call to the personal server: (status, JSON object); transport faults -> 502/504."""
+        """One call to the personal server: (status, JSON object); transport faults -> 502/504.
+
+        Every call is idempotent (a resubmitted permission gets its operation back), so a lost
+        connection (a restart, a closed keep-alive) is retried; its answers, 503 included,
+        pass to the client, which decides whether to wait and try again."""
         url = self.personal_url + path
-        try:
+
+        async def call(_attempt: int) -> tuple[int, dict]:
             async with self.session.request(method, url, **kwargs) as resp:
                 try:
                     answer = await resp.json(content_type=None)
                 except (ValueError, RecursionError):  # not JSON, or nested absurdly deep
                     answer = None
                 return resp.status, answer if isinstance(answer, dict) else {}
+
+        try:
+            return await retrying(call, SERVER_CALLS, connection_lost)
         except TimeoutError:
             limit = self.personal_timeout.total
             raise ApiError(504, f"personal server timed out after {limit:g} s") from None

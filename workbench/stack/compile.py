@@ -2,10 +2,13 @@
 
 `artifacts()` answers from `.cache/contracts/<sha256>.json` when the sources, compiler version
 and settings are unchanged, so only the first start after an edit pays for the compiler (~3 s).
+Deploying needs the bytecode from here; everything else reads the committed ABIs in
+`workbench.vana.contracts`, which `python -m workbench.stack.compile --write-abis` regenerates.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -18,17 +21,12 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT
+from workbench.vana.contracts import ABI_DIR, CONTRACT_NAMES, abi_json
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 COMPILE_SCRIPT = Path(__file__).resolve().parent / "solc_compile.mjs"
 CACHE_DIR = PROJECT_ROOT / ".cache" / "contracts"
 SOLC_PACKAGE = PROJECT_ROOT / "node_modules" / "solc" / "package.json"
-CONTRACT_NAMES = (
-    "DataRegistry",
-    "DataPortabilityServers",
-    "DataPortabilityGrantees",
-    "DataPortabilityPermissions",
-)
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 200},
     "evmVersion": "cancun",  # what anvil runs by default; Moksha accepts it too
@@ -112,18 +110,29 @@ def artifacts() -> dict[str, dict[str, Any]]:
     return result
 
 
-def abi(name: str) -> list[dict[str, Any]]:
-    """The workbench's ABI for one contract (also used against remote deployments)."""
+def write_abis(directory: Path = ABI_DIR) -> list[Path]:
+    """Writes each contract's compiled ABI as `<directory>/<name>.json` (the committed ABIs)."""
     built = artifacts()
-    if name not in built:
-        raise KeyError(f"no contract {name!r}; known: {sorted(built)}")
-    return built[name]["abi"]
+    paths = []
+    for name in CONTRACT_NAMES:
+        path = directory / f"{name}.json"
+        path.write_text(abi_json(built[name]["abi"]), encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workbench.stack.compile", description=__doc__)
+    parser.add_argument(
+        "--write-abis", action="store_true", help="also rewrite workbench/vana/abi/*.json"
+    )
+    args = parser.parse_args(argv)
     built = artifacts()
     sizes = ", ".join(f"{n} {len(a['bytecode']) // 2 - 1} B" for n, a in built.items())
     print(f"contracts compiled into {CACHE_DIR.relative_to(PROJECT_ROOT)}: {sizes}")
+    if args.write_abis:
+        for path in write_abis():
+            print(f"wrote {path.relative_to(PROJECT_ROOT)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from web3 import AsyncWeb3
 from web3.utils.address import get_create_address
 
 from workbench.stack.compile import artifacts
+from workbench.vana import contracts
 from workbench.vana.chain import chain_id, close_web3, make_web3, send_tx, wait_receipt
 
 # Gas limits about 1.5x what each transaction uses (anvil charges only the gas used).
@@ -43,7 +44,7 @@ def _transactions(
         for n in SATELLITES
     ]
     txs.append({"data": _deploy_data(PERMISSIONS, ["address"] * 3, satellites), "gas": DEPLOY_GAS})
-    grantees = AsyncWeb3().eth.contract(abi=artifacts()["DataPortabilityGrantees"]["abi"])
+    grantees = AsyncWeb3().eth.contract(abi=contracts.abi("DataPortabilityGrantees"))
     register = grantees.encode_abi(
         "registerGrantee", args=[app_address, app_address, app_public_key]
     )

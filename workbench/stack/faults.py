@@ -23,19 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from workbench import params
 from workbench.errors import WorkbenchError
-from workbench.params import PROJECT_ROOT
+from workbench.events import Emit, FaultActionName, fault_event
 
 log = logging.getLogger("workbench.stack.faults")
-FAULTS_DIR = PROJECT_ROOT / "params" / "faults"
 RESTARTABLE = ("api", "personal", "storage")
 # The default values of each section: also the set of keys it accepts.
 SECTIONS: dict[str, dict[str, Any]] = {
@@ -74,7 +71,7 @@ class FaultAction:
     """One timed action of the schedule: kill/restart a component, stall/resume the chain."""
 
     at_s: float
-    action: str  # kill | restart | stall | resume
+    action: FaultActionName  # kill | restart | stall | resume
     component: str  # api | personal | storage | anvil
 
 
@@ -131,33 +128,8 @@ def load_faults(name_or_path: str | Path | None) -> FaultPlan | None:
     `none`. Raises WorkbenchError naming the file, the key and the fix."""
     if name_or_path is None or str(name_or_path).strip().lower() in ("none", ""):
         return None
-    path = _find(str(name_or_path))
-    shown = _display(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise WorkbenchError(shown, f"not a readable YAML file: {e}", "fix the YAML") from None
+    path, shown, data = params.load(name_or_path, "faults")
     return _Parser(shown).plan(data, default_name=path.stem)
-
-
-def _find(text: str) -> Path:
-    named = FAULTS_DIR / f"{text}.yaml"
-    candidates = [named] if "/" not in text and not Path(text).suffix else []
-    candidates += [Path(text), PROJECT_ROOT / text]
-    for path in candidates:
-        if path.is_file():
-            return path
-    names = ", ".join(sorted(p.stem for p in FAULTS_DIR.glob("*.yaml")))
-    raise WorkbenchError(
-        "faults", f"no fault plan {text!r}", f"use none, one of {names}, or a path"
-    )
-
-
-def _display(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(path.resolve())
 
 
 class _Parser:
@@ -169,9 +141,7 @@ class _Parser:
     def fail(self, key: str, problem: str, fix: str) -> WorkbenchError:
         return WorkbenchError(f"{self.file}: {key}", problem, fix)
 
-    def plan(self, data: Any, default_name: str) -> FaultPlan:
-        if data is None:
-            data = {}
+    def plan(self, data: dict[str, Any], default_name: str) -> FaultPlan:
         self.keys(data, "(top level)", TOP_KEYS)
         name = self.text(data.get("name", default_name), "name")
         description = self.text(data.get("description", ""), "description", empty_ok=True)
@@ -331,8 +301,8 @@ class FaultSchedule:
     until `stop()`; arms the RPC proxy for that window.
 
     `stack` is a `LocalStack` (kill, restart, stall_chain, resume_chain, set_rpc_faults). Each
-    action becomes an event `{"kind": "fault", "t", "wall", "action", "component", ...}` for the
-    report's timeline; `t` is when the action began, on the run's clock.
+    action becomes a `workbench.events.FaultEvent` for the report's timeline; `t` is when the
+    action began, on the run's clock.
     """
 
     def __init__(
@@ -340,7 +310,7 @@ class FaultSchedule:
         plan: FaultPlan,
         stack: Any,
         clock: Any,
-        emit: Callable[[dict[str, Any]], None] | None = None,
+        emit: Emit | None = None,
         on_pid: Callable[[str, int], None] | None = None,
     ):
         self.plan, self.stack, self.clock = plan, stack, clock
@@ -405,14 +375,5 @@ class FaultSchedule:
         await (self.stack.stall_chain() if action.action == "stall" else self.stack.resume_chain())
         return {}
 
-    def _event(self, action: str, component: str, t: float, **facts: Any) -> None:
-        event = {
-            "kind": "fault",
-            "t": round(t, 6),
-            "wall": time.time(),
-            "action": action,
-            "component": component,
-            "duration_s": round(self.clock.now() - t, 6),
-            **facts,
-        }
-        self.emit(event)
+    def _event(self, action: FaultActionName, component: str, t: float, **facts: Any) -> None:
+        self.emit(fault_event(action, component, t, self.clock.now() - t, **facts))

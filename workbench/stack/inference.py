@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from workbench.errors import WorkbenchError
+from workbench.vana.retry import SERVER_CALLS, never_sent, retrying
 
 SUMMARY_KEYS = 5
 
@@ -122,7 +123,8 @@ class OpenAICompatibleLLM:
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         session = self.session or aiohttp.ClientSession()
-        try:
+
+        async def post(_attempt: int) -> dict:
             async with session.post(
                 self.url, json=body, headers=headers, timeout=self.timeout
             ) as resp:
@@ -130,6 +132,9 @@ class OpenAICompatibleLLM:
                     text = (await resp.text())[:300]
                     raise InferenceError(f"{self.url} answered {resp.status}: {text}")
                 return await resp.json(content_type=None)
+
+        try:  # a model call may be billed: only one that never reached the server is repeated
+            return await retrying(post, SERVER_CALLS, never_sent)
         except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as e:
             raise InferenceError(f"{self.url}: {type(e).__name__}: {e}") from None
         finally:

@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 
 from workbench.errors import WorkbenchError
-from workbench.events import Clock
+from workbench.events import Clock, Emit
 from workbench.params import load_profile
 from workbench.stack import anvil
 from workbench.stack.components import start_component
@@ -54,9 +54,9 @@ from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 
 log = logging.getLogger("workbench.stack.local")
 
-COMPONENTS = ("anvil", "storage", "personal", "api")  # start order; stopped in reverse
 PROXY = "rpc_proxy"  # only with an rpc fault section, between anvil and every client
-ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")
+COMPONENTS = ("anvil", "storage", "personal", "api")  # what a plain stack runs (no fault proxy)
+ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")  # start order; stopped in reverse
 MODULES = {
     "storage": "storage",
     "personal": "personal_server",
@@ -325,7 +325,7 @@ class LocalStack:
     def fault_schedule(
         self,
         clock: Clock,
-        emit: Callable[[dict[str, Any]], None] | None = None,
+        emit: Emit | None = None,
         on_pid: Callable[[str, int], None] | None = None,
     ) -> FaultSchedule | None:
         """The timed faults of this stack's plan (None without a plan); `start()` it when the

@@ -63,6 +63,7 @@ from workbench.stack.server import (
 )
 from workbench.vana import chain
 from workbench.vana.crypto import decrypt_file, ecies_decrypt, recover_personal
+from workbench.vana.retry import SERVER_CALLS, connection_lost, retrying
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SERVER_KEY = web.AppKey("personal_server", object)
@@ -409,11 +410,15 @@ class PersonalServer:
             url = f"{self.config['storage_url'].rstrip('/')}/ipfs/{url.removeprefix('ipfs://')}"
         elif not url.startswith(("http://", "https://")):
             raise ApiError(422, f"unsupported URL scheme in {url[:80]!r}")
-        try:
+
+        async def get(_attempt: int) -> bytes:
             async with self.session.get(url, timeout=self.fetch_timeout) as resp:
                 if resp.status != 200:
                     raise ApiError(502, f"storage answered {resp.status} for {url[:120]}")
                 return await resp.read()
+
+        try:  # a read: a lost connection (storage restarting) is worth another try
+            return await retrying(get, SERVER_CALLS, connection_lost)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise ApiError(502, f"storage unreachable: {type(e).__name__}: {e}") from None
 

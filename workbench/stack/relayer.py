@@ -31,12 +31,11 @@ import aiohttp
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_signature_to_4byte_selector
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from workbench.stack import compile as contracts
+from workbench.vana import contracts
 from workbench.vana.chain import NonceManager
 
 log = logging.getLogger("workbench.stack.relayer")
@@ -376,20 +375,6 @@ class StaleNonce(Exception):
 
 # --- revert reasons -----------------------------------------------------------------------------
 
-_ERRORS: dict[bytes, dict[str, Any]] | None = None
-
-
-def _error_abis() -> dict[bytes, dict[str, Any]]:
-    global _ERRORS
-    if _ERRORS is None:
-        _ERRORS = {}
-        for name in contracts.CONTRACT_NAMES:
-            for item in contracts.abi(name):
-                if item.get("type") == "error":
-                    types = ",".join(i["type"] for i in item["inputs"])
-                    _ERRORS[function_signature_to_4byte_selector(f"{item['name']}({types})")] = item
-    return _ERRORS
-
 
 def revert_reason(error: ContractLogicError) -> tuple[str | None, str]:
     """(custom error name or None, readable reason), e.g. ("InvalidNonce", "InvalidNonce(
@@ -397,7 +382,7 @@ def revert_reason(error: ContractLogicError) -> tuple[str | None, str]:
     data = error.data if isinstance(error.data, str) else None
     if data:
         raw = HexBytes(data)
-        item = _error_abis().get(bytes(raw[:4]))
+        item = contracts.errors_by_selector().get(bytes(raw[:4]))
         if item is not None:
             try:
                 values = abi_decode([i["type"] for i in item["inputs"]], bytes(raw[4:]))

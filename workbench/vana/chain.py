@@ -8,32 +8,26 @@ timeout ignored the test's own setting).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
-import random
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import (
-    abi_to_signature,
-    event_abi_to_log_topic,
-    function_signature_to_4byte_selector,
-    keccak,
-)
+from eth_utils import event_abi_to_log_topic, keccak
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from workbench.stack import compile as contracts
+from workbench.vana import contracts
+from workbench.vana.retry import RetryPolicy, retrying
+from workbench.vana.retry import is_transient as is_transient_http
 
-T = TypeVar("T")
 GAS_MARGIN = 1.2  # estimate * margin: state can change between estimate and inclusion
 _HEADERS = {"Content-Type": "application/json"}
 _chain_ids: weakref.WeakKeyDictionary[AsyncWeb3, int] = weakref.WeakKeyDictionary()
@@ -41,7 +35,6 @@ SEND_METHOD = "eth_sendRawTransaction"
 # Reads are safe to repeat; of the rest only eth_sendRawTransaction is retried (by its hash).
 READ_PREFIXES = ("eth_", "net_", "web3_", "txpool_")
 NOT_READS = frozenset({SEND_METHOD, "eth_sendTransaction", "eth_sign", "eth_signTransaction"})
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 THROTTLED_CODE = -32005  # EIP-1474 "limit exceeded": a 200 answer that means "try later"
 ALREADY_KNOWN = (b"already known", b"already imported")  # geth / anvil
 # How far back a permission mined under a replacement tx is looked for: far more blocks than a
@@ -69,24 +62,12 @@ class _Throttled(Exception):
     """A 200 answer carrying the "limit exceeded" JSON-RPC error."""
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How reads are retried: `attempts` in all, capped exponential backoff, full jitter."""
-
-    attempts: int = 5
-    base_s: float = 0.1
-    cap_s: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        # Full jitter: concurrent clients hit by the same fault do not come back in lockstep.
-        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
-
-
 def is_transient(error: BaseException) -> bool:
-    """A failure worth retrying: throttling, overload, timeouts, dropped connections."""
-    if isinstance(error, aiohttp.ClientResponseError):
-        return error.status in RETRY_STATUSES
-    return isinstance(error, aiohttp.ClientError | TimeoutError | OSError | _Throttled)
+    """A failure worth retrying: throttling, overload, timeouts, dropped connections; not an
+    RpcUnavailable, whose retries are already spent."""
+    if isinstance(error, RpcUnavailable):
+        return False
+    return isinstance(error, _Throttled) or is_transient_http(error)
 
 
 class RpcProvider(AsyncHTTPProvider):
@@ -148,40 +129,45 @@ class RpcProvider(AsyncHTTPProvider):
         return self.decode_rpc_response(raw)
 
     async def _read(self, method: str, request_data: bytes) -> bytes:
-        first = next(self._turn)  # spreads reads over the URLs
-        last: BaseException | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                await asyncio.sleep(self.retry.delay(attempt - 1))
-            try:
-                return _unless_throttled(await self._post(self._url(first + attempt), request_data))
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                last = e
-        raise _exhausted(method, self.retry.attempts, last)
+        first = next(self._turn)  # spreads reads over the URLs; a retry takes the next one
+
+        async def attempt(n: int) -> bytes:
+            return _unless_throttled(await self._post(self._url(first + n), request_data))
+
+        return await self._retried(method, attempt, is_transient)
 
     async def _send(self, request_data: bytes) -> bytes:
         """Sends a signed tx; after a failure, re-sends the same bytes only if the node does not
         know its hash (a lost answer is not a lost transaction)."""
         tx_hash = _raw_tx_hash(request_data)
-        last: BaseException | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                await asyncio.sleep(self.retry.delay(attempt - 1))
-                if await self._known(tx_hash):
-                    return _result(request_data, tx_hash)
-            try:
-                raw = _unless_throttled(await self._post(self._url(attempt), request_data))
-            except Exception as e:
-                if not is_transient(e) or tx_hash is None:
-                    raise
-                last = e
-                continue
-            if attempt and any(s in raw.lower() for s in ALREADY_KNOWN):
+
+        async def attempt(n: int) -> bytes:
+            if n and tx_hash and await self._known(tx_hash):
+                return _result(request_data, tx_hash)
+            raw = _unless_throttled(await self._post(self._url(n), request_data))
+            if n and any(s in raw.lower() for s in ALREADY_KNOWN):
                 return _result(request_data, tx_hash)  # our earlier try got through after all
             return raw
-        raise _exhausted(SEND_METHOD, self.retry.attempts, last)
+
+        def resendable(error: BaseException) -> bool:
+            return tx_hash is not None and is_transient(error)
+
+        return await self._retried(SEND_METHOD, attempt, resendable)
+
+    async def _retried(
+        self,
+        method: str,
+        attempt: Callable[[int], Awaitable[bytes]],
+        retryable: Callable[[BaseException], bool],
+    ) -> bytes:
+        """`attempt(n)` under the provider's policy; a transient failure that outlasts it
+        becomes RpcUnavailable (RpcTimeout if it was a timeout)."""
+        try:
+            return await retrying(attempt, self.retry, retryable)
+        except Exception as e:
+            if retryable(e):
+                raise _exhausted(method, self.retry.attempts, e) from e
+            raise
 
     async def _known(self, tx_hash: str) -> bool:
         """Whether the node has the tx (pending or mined); read with retries."""
@@ -223,11 +209,9 @@ def _unless_throttled(raw: bytes) -> bytes:
     return raw
 
 
-def _exhausted(method: str, attempts: int, last: BaseException | None) -> RpcUnavailable:
+def _exhausted(method: str, attempts: int | None, last: BaseException) -> RpcUnavailable:
     kind = RpcTimeout if isinstance(last, TimeoutError) else RpcUnavailable
-    error = kind(f"{method}: {attempts} attempts failed; last: {type(last).__name__}: {last}")
-    error.__cause__ = last
-    return error
+    return kind(f"{method}: {attempts} attempts failed; last: {type(last).__name__}: {last}")
 
 
 def _raw_tx_hash(request_data: bytes) -> str | None:
@@ -501,20 +485,8 @@ def decode_permission_added(receipt: dict[str, Any], permissions: Any = None) ->
 
 
 def contract(w3: AsyncWeb3, name: str, address: str) -> AsyncContract:
-    """A handle on one of the workbench's contracts (ABI from `workbench.stack.compile`)."""
+    """A handle on one of the workbench's contracts (ABI from `workbench.vana.contracts`)."""
     return w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=contracts.abi(name))
-
-
-@functools.cache
-def _error_selectors() -> dict[bytes, str]:
-    selectors = {}
-    for name in contracts.CONTRACT_NAMES:
-        for item in contracts.abi(name):
-            if item.get("type") == "error":
-                selectors[function_signature_to_4byte_selector(abi_to_signature(item))] = item[
-                    "name"
-                ]
-    return selectors
 
 
 def revert_name(error: BaseException) -> str | None:
@@ -522,23 +494,5 @@ def revert_name(error: BaseException) -> str | None:
     if not isinstance(error, ContractLogicError) or not isinstance(error.data, str):
         return None
     data = HexBytes(error.data)
-    return _error_selectors().get(bytes(data[:4]))
-
-
-async def call_with_retry(
-    make_call: Callable[[], Awaitable[T]],
-    attempts: int = 3,
-    first_delay_s: float = 0.25,
-    max_delay_s: float = 2.0,
-) -> T:
-    """Retries a read on transport errors with doubling backoff (never use it for sends)."""
-    delay = first_delay_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return await make_call()
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, max_delay_s)
-    raise AssertionError("unreachable")
+    item = contracts.errors_by_selector().get(bytes(data[:4]))
+    return item["name"] if item else None

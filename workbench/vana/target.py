@@ -18,19 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from eth_utils import is_checksum_address, to_checksum_address
 
+from workbench import params
 from workbench.errors import WorkbenchError
-from workbench.params import PROJECT_ROOT
 from workbench.secrets import HEX64, looks_like_mnemonic
+from workbench.vana.contracts import CONTRACT_NAMES
 
-CONTRACT_NAMES = (
-    "DataPortabilityPermissions",
-    "DataPortabilityGrantees",
-    "DataPortabilityServers",
-    "DataRegistry",
-)
 # The env var a local target's funder key sits in (anvil dev account 0; public knowledge).
 LOCAL_FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
 # Storage kinds a target may name. Only Kubo's RPC API is spoken today; a new kind needs a
@@ -71,10 +65,6 @@ class Endpoints:
             "grantee_id": self.grantee_id,
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Endpoints:
-        return cls(**{**data, "contracts": dict(data["contracts"])})
-
 
 @dataclass
 class Target:
@@ -110,7 +100,6 @@ class Target:
 
 # --------------------------------------------------------------------------- target files
 
-TARGETS_DIR = PROJECT_ROOT / "params" / "targets"
 URL_KEYS = ("api_url", "personal_server_url", "storage_url")
 REQUIRED_KEYS = ("chain_id", "rpc_urls", "contracts", *URL_KEYS, "grantee_id")
 OPTIONAL_KEYS = ("name", "description", "storage_kind", "funder_key_env")
@@ -126,9 +115,7 @@ def load_target(name_or_path: str | Path) -> Target:
     environment: the file names the variable, e.g. `funder_key_env: WORKBENCH_FUNDER_KEY`).
     Placeholders (`REPLACE_ME…`) pass here and are reported by preflight.
     """
-    path = target_file(name_or_path)
-    doc = _read_yaml(path)
-    shown = _display(path)
+    path, shown, doc = params.load(name_or_path, "targets")
     _refuse_secrets(doc, shown)
     _check_keys(doc, shown)
     placeholders = {k: v for k, v in _flat(doc) if _is_placeholder(v)}
@@ -150,44 +137,6 @@ def load_target(name_or_path: str | Path) -> Target:
         storage_kind=_storage_kind(doc.get("storage_kind", "kubo"), shown),
         placeholders=placeholders,
     )
-
-
-def target_file(name_or_path: str | Path) -> Path:
-    """`moksha` -> params/targets/moksha.yaml; a path is taken from the cwd, then the project."""
-    text = str(name_or_path)
-    if "/" not in text and not Path(text).suffix:
-        path = TARGETS_DIR / f"{text}.yaml"
-    else:
-        path = Path(text)
-        if not path.is_absolute() and not path.exists():
-            path = TARGETS_DIR.parent.parent / path
-    if not path.is_file():
-        known = sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
-        raise WorkbenchError(
-            "target", f"no target file {text!r}", f"use local, one of {known} or a YAML path"
-        )
-    return path
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WorkbenchError(str(path), f"cannot read it: {first}", "fix the YAML") from None
-    if not isinstance(doc, dict):
-        raise WorkbenchError(
-            _display(path), "is not a mapping of keys", "copy params/targets/moksha.yaml"
-        )
-    return doc
-
-
-def _display(path: Path) -> str:
-    root = TARGETS_DIR.parent.parent
-    try:
-        return path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _flat(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -9,8 +9,6 @@ from contextlib import asynccontextmanager
 import pytest
 from eth_account import Account
 
-from workbench.errors import WorkbenchError
-from workbench.stack import anvil as anvil_module
 from workbench.stack.anvil import (
     DEV_MNEMONIC,
     dev_address,
@@ -56,12 +54,6 @@ def test_dev_keys_follow_the_default_mnemonic() -> None:
         assert dev_key(index) == "0x" + expected.key.hex().removeprefix("0x")
         assert dev_address(index) == expected.address
     assert dev_address(0) == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # anvil's account 0
-
-
-def test_missing_anvil_says_run_make_setup(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(anvil_module, "ANVIL_BINARY", tmp_path / "anvil")
-    with pytest.raises(WorkbenchError, match="make setup"):
-        anvil_module.anvil_binary()
 
 
 @pytest.mark.e2e

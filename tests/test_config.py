@@ -327,7 +327,13 @@ def test_missing_params_file(tmp_path):
         ("run-smoke.yaml", {"users": 5, "profile": "fast", "shape": "burst"}),
         (
             "run-ms03.yaml",
-            {"users": 25, "profile": "moksha", "shape": "staggered", "client": "upstream"},
+            {
+                "users": 25,
+                "shape": "hold",
+                "duration_s": 300,
+                "data_size": "mixed",
+                "client": "upstream",
+            },
         ),
         ("rampup.yaml", {"shape": "steps", "steps": (10, 20, 30, 40, 50)}),
     ],

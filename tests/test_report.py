@@ -128,6 +128,7 @@ def test_passing_run(tmp_path):
     path = _passing_dir(tmp_path)
     html = report.render(path).read_text(encoding="utf-8")
     assert 'wb-badge-passed">PASSED' in html and "🎉 Milestone 3 PASSED!" in html
+    assert "🚀 Ready to proceed to Milestone 4: Load Pattern Testing" in html
     assert "No faults were injected" in html and "no errors" in html.lower()
 
 
@@ -138,6 +139,7 @@ def test_incomplete_run_is_marked(tmp_path):
     assert summary["complete"] is False and summary["outcome"] == "INCOMPLETE"
     assert summary["verdict"] == "FAILED"  # a killed run cannot pass
     assert 'wb-badge-incomplete">INCOMPLETE' in html and "INCOMPLETE run" in html
+    assert "Ready to proceed" not in html  # only a PASSED verdict leads on
     assert "🎉" not in html
 
 

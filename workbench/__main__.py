@@ -130,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument(
         "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
     )
+    nb.add_argument(
+        "-f", "--params", help="a params YAML (params/run-*.yaml), as papermill -f; -p overrides it"
+    )
     nb.set_defaults(func=_notebook)
 
     pf = sub.add_parser("preflight", help="check every endpoint of a target file, change nothing")

@@ -218,5 +218,6 @@ def _verdict_lines(s: Mapping[str, Any]) -> list[str]:
             f"   judged on the data it left, the verdict is {s['verdict']}.",
         ]
     if s["verdict"] == "PASSED":
-        return [f"🎉 {head} PASSED! {tail.strip() or 'Validation'} successful."]
+        ready = [f"🚀 Ready to proceed to {s['criteria_next']}"] if s.get("criteria_next") else []
+        return [f"🎉 {head} PASSED! {tail.strip() or 'Validation'} successful.", *ready]
     return [f"❌ {head} FAILED: {', '.join(failed) or 'see the criteria table'}."]

@@ -68,6 +68,7 @@ class Criteria:
     path: Path
     rows: tuple[Criterion, ...]
     title: str = ""
+    next: str = ""  # what a PASSED run leads to (the seed's "Ready to proceed to ...")
 
     def __iter__(self) -> Iterator[Criterion]:
         return iter(self.rows)
@@ -90,7 +91,8 @@ def load_criteria(name_or_path: str | Path = DEFAULT_CRITERIA) -> Criteria:
             raise WorkbenchError(_field(shown, i, row.id, "id"), "is used twice", "make ids unique")
         seen.add(row.id)
     name = str(doc.get("name") or path.stem)
-    return Criteria(name=name, path=path, rows=rows, title=str(doc.get("title") or name))
+    title, next_ = str(doc.get("title") or name), str(doc.get("next") or "")
+    return Criteria(name=name, path=path, rows=rows, title=title, next=next_)
 
 
 def _field(shown: str, i: int, row_id: Any, key: str) -> str:

@@ -112,6 +112,7 @@ def summarize(
     rows = crit.evaluate(criteria, s)
     s["criteria_name"] = criteria.name
     s["criteria_title"] = criteria.title
+    s["criteria_next"] = criteria.next
     s["criteria"] = rows
     s["verdict"] = crit.verdict(rows, complete=results.complete)
     s["outcome"] = s["verdict"] if results.complete else "INCOMPLETE"

@@ -28,6 +28,7 @@ from workbench.analysis import console
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.versions import installed_versions
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Event, EventWriter, FlowEvent, RunMarkName, run_mark
 from workbench.params import load_profile
@@ -371,14 +372,11 @@ def _web3(target: Target):
 
 
 def versions() -> dict[str, str]:
-    import aiohttp
-    import web3
-
+    """The workbench, Python, and every installed package the project requires, recursively."""
     return {
         "workbench": workbench.__version__,
         "python": platform.python_version(),
-        "web3": web3.__version__,
-        "aiohttp": aiohttp.__version__,
+        **installed_versions(),
     }
 
 

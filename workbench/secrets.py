@@ -196,8 +196,9 @@ class Redactor:
             return True
         if any(o in line for o in self._others):
             return True
-        labels = hexes and any(w in low for w in SECRET_WORDS) and _JSON_KEY.findall(line)
-        return bool(labels) and any(secret_label(k) for k in labels)
+        if not (hexes and any(w in low for w in SECRET_WORDS)):
+            return False
+        return any(secret_label(k) for k in _JSON_KEY.findall(line))
 
     def value(self, obj: Any, label: str | None = None) -> Any:
         """A copy of a JSON-like value with secrets replaced; dict keys label their values."""
@@ -275,9 +276,9 @@ def find_secrets(text: str, secrets: Iterable[str] = ()) -> list[str]:
         elif len(needle.split()) > 1 and (words := phrase_pattern(needle).search(text)):
             hits.append(f"the words of known secret #{i + 1} at offset {words.start()}")
     for match in HEX64.finditer(lowered):
-        i = known_hex.get(match.group().removeprefix("0x"))
-        if i is not None:
-            hits.append(f"known secret #{i + 1} at offset {match.start()}")
+        known = known_hex.get(match.group().removeprefix("0x"))
+        if known is not None:
+            hits.append(f"known secret #{known + 1} at offset {match.start()}")
     scannable = _DATA_URI.sub("data:image", text)  # our own PNGs: huge and never text
     for match in HEX64.finditer(scannable):
         label = _label_before(scannable, match.start())

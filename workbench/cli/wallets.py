@@ -39,6 +39,7 @@ async def _on_chain(args: Namespace) -> int:
     try:
         funder = await _funder(w3) if (args.fund or args.sweep) else None
         if args.fund:
+            assert funder is not None  # fetched above for --fund
             done = await wallets.fund(w3, funder, ws.addresses, target_wei)
             print(f"💸 funded {done['funded']} wallets, {done['already']} already had enough")
         if args.check:

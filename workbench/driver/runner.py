@@ -139,7 +139,7 @@ class Runner:
                         target.endpoints,
                         self._emit,
                         settings,
-                        run_id=self.cfg.run_id,
+                        run_id=str(self.cfg.run_id),
                         clock=self.clock,
                         max_connections=self.cfg.max_connections,
                     )
@@ -183,7 +183,7 @@ class Runner:
             LocalStack(self.profile, workdir=self.dir / "stack", faults=self.faults)
         )
         self.local = local
-        self.console.say(console.api_ready(local.endpoints.api_url, local=True))
+        self.console.say(console.api_ready(local.target.endpoints.api_url, local=True))
         return local.target
 
     async def _wallets(self, target: Target) -> wallets.WalletSet:
@@ -312,7 +312,7 @@ class Runner:
         if launch.step is None:
             return {}
         stage = self.shape.step_at(self._since_start())
-        if stage is None:
+        if stage is None or not isinstance(self.shape, shapes.Steps):
             return {}
         return {"stage": stage, "stage_users": self.shape.levels[stage]}
 
@@ -323,6 +323,7 @@ class Runner:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def _emit(self, event: Event) -> None:
+        assert self.writer is not None  # set first thing in execute(), which emits everything
         self.writer.write(event)
 
     def _mark(self, what: RunMarkName, **facts: Any) -> None:
@@ -385,7 +386,9 @@ async def run(
 async def _until_signalled(work: Any) -> Any:
     """Awaits `work`; SIGTERM cancels it like Ctrl-C, so the run still records its end."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    task = asyncio.current_task()
+    assert task is not None  # a coroutine runs in a task
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         return await work
     finally:

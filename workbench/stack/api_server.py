@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from eth_utils import is_address, to_checksum_address
+from web3 import AsyncWeb3
 
 from workbench.errors import WorkbenchError
 from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
@@ -75,7 +76,7 @@ class ApiServer:
         )
         self.session: aiohttp.ClientSession | None = None
         self.relayer: Relayer | None = None
-        self.w3 = None
+        self.w3: AsyncWeb3 | None = None
 
     def gauges(self) -> dict[str, int]:
         return self.relayer.gauges() if self.relayer else {}
@@ -135,6 +136,7 @@ class ApiServer:
             raise ApiError(400, f"invalid {e}") from None
         if signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
+        assert self.relayer is not None  # set by start(), before any request is served
         try:
             tx_hash = await self.relayer.relay(
                 signer, permission.contract_input(typed), body["signature"]
@@ -197,6 +199,7 @@ class ApiServer:
         url = self.personal_url + path
 
         async def call(_attempt: int) -> tuple[int, dict]:
+            assert self.session is not None  # set by start(), before any request is served
             async with self.session.request(method, url, **kwargs) as resp:
                 try:
                     answer = await resp.json(content_type=None)

@@ -13,7 +13,9 @@ from typing import Any
 
 from eth_abi import encode
 from eth_account import Account
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
+from web3.types import Nonce, TxReceipt
 from web3.utils.address import get_create_address
 
 from workbench.stack.compile import artifacts
@@ -33,13 +35,15 @@ def _deploy_data(name: str, arg_types: list[str], args: list[Any]) -> str:
 
 
 def _transactions(
-    deployer: str, nonce: int, app_address: str, app_public_key: str
+    deployer: ChecksumAddress, nonce: int, app_address: str, app_public_key: str
 ) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """The five transactions in nonce order, and the addresses they will create."""
     names = [*SATELLITES, PERMISSIONS]
-    addresses = {n: get_create_address(deployer, nonce + i) for i, n in enumerate(names)}
+    addresses: dict[str, str] = {
+        n: get_create_address(deployer, Nonce(nonce + i)) for i, n in enumerate(names)
+    }
     satellites = [addresses[n] for n in SATELLITES]
-    txs = [
+    txs: list[dict[str, Any]] = [
         {"data": _deploy_data(n, ["address"], [addresses[PERMISSIONS]]), "gas": DEPLOY_GAS}
         for n in SATELLITES
     ]
@@ -83,7 +87,7 @@ async def deploy_all(
     return addresses
 
 
-def _check(receipts: list[dict[str, Any]], addresses: dict[str, str]) -> None:
+def _check(receipts: list[TxReceipt], addresses: dict[str, str]) -> None:
     labels = [*addresses, "registerGrantee"]
     for label, receipt in zip(labels, receipts, strict=True):
         if receipt["status"] != 1:

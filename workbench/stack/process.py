@@ -56,7 +56,7 @@ def spawn(
             start_new_session=True,  # Ctrl-C in a terminal reaches the owner, which stops us in order
         )
     finally:
-        if log_path:
+        if not isinstance(out, int):  # DEVNULL is an int; a log file is ours to close
             out.close()
 
 

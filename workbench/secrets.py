@@ -132,6 +132,8 @@ def _bip39_stretches(words: list[str]) -> list[list[str]]:
 
 @functools.cache
 def _mnemonic_checker() -> Any:
+    # Lazy: servers that never check a mnemonic (storage, RPC proxy) would start ~1.3 s slower
+    # and ~20 MB bigger with it (measured); only the guard and config checks need it.
     from eth_account.hdaccount.mnemonic import Mnemonic
     from eth_account.types import Language
 

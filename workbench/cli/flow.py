@@ -10,12 +10,11 @@ from eth_account import Account
 from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow
 from workbench.driver.shapes import make_user_data
 from workbench.events import Event, FlowEvent
+from workbench.stack.local import LocalStack
 
 
 async def one_flow(profile: str = "fast") -> FlowEvent:
     """Starts a local stack, runs one flow with a fresh wallet, stops the stack."""
-    from workbench.stack.local import LocalStack
-
     acct = Account.create()
     wallet = Wallet(0, acct.address, "0x" + acct.key.hex().removeprefix("0x"))
     steps: list[Event] = []

@@ -8,16 +8,16 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import papermill as pm
+import yaml
+
+from workbench.driver.config import RunConfig
 from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT
 
 
 def notebook_command(args: Namespace) -> int:
     """Executes a notebook with papermill into its results dir and prints where the report is."""
-    import papermill as pm
-
-    from workbench.driver.config import RunConfig
-
     params: dict[str, Any] = {k: _literal(v) for k, v in args.param}
     for key in ("users", "profile", "output_dir"):
         if getattr(args, key, None) is not None:
@@ -56,6 +56,4 @@ def notebook_command(args: Namespace) -> int:
 
 def _literal(text: str) -> Any:
     """`-p users 25` gives 25, `-p profile fast` gives 'fast' (as papermill's CLI does)."""
-    import yaml
-
     return yaml.safe_load(text)

@@ -9,6 +9,8 @@ from eth_account import Account
 
 from workbench.driver import wallets
 from workbench.errors import WorkbenchError
+from workbench.stack.anvil import CHAIN_ID, dev_key
+from workbench.vana.chain import chain_id, close_web3, make_web3
 
 
 def wallets_command(args: Namespace) -> int:
@@ -31,8 +33,6 @@ def wallets_command(args: Namespace) -> int:
 
 
 async def _on_chain(args: Namespace) -> int:
-    from workbench.vana.chain import close_web3, make_web3
-
     ws = wallets.load(args.wallet_file, args.count)
     target_wei = int(args.amount_eth * 10**18)
     w3 = make_web3(args.rpc_url)
@@ -62,8 +62,5 @@ async def _on_chain(args: Namespace) -> int:
 
 async def _funder(w3) -> str:
     """The environment's funder key; on a local anvil chain, anvil's public dev account 0."""
-    from workbench.stack.anvil import CHAIN_ID, dev_key
-    from workbench.vana.chain import chain_id
-
     local = dev_key(0) if await chain_id(w3) == CHAIN_ID else None
     return wallets.funder_key(local)

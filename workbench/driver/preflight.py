@@ -23,6 +23,7 @@ import aiohttp
 
 from workbench.errors import WorkbenchError
 from workbench.vana import contracts
+from workbench.vana.chain import close_web3, make_web3
 from workbench.vana.permission import DOMAIN_NAME, DOMAIN_VERSION
 from workbench.vana.target import CONTRACT_NAMES, ZERO_ADDRESS, Target, load_target
 
@@ -260,8 +261,6 @@ async def _chain(
                 "fix the RPC items above first",
             )
         ]
-    from workbench.vana.chain import close_web3, make_web3
-
     w3 = make_web3(rpc_url, timeout_s=timeout_s)
     try:
         return await asyncio.wait_for(_chain_checks(w3, target, skip), timeout_s * 3)

@@ -12,12 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from eth_account import Account
+from web3 import AsyncWeb3
 
 from workbench.stack import anvil
 from workbench.stack.api_server import build_app, operation_request_json
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
-from workbench.stack.relayer import Relayer, RelayError
+from workbench.stack.relayer import PendingTx, Relayer, RelayError
 from workbench.vana import chain, crypto, permission
 
 pytestmark = pytest.mark.e2e
@@ -505,10 +506,6 @@ async def test_a_stale_nonce_is_resynced_and_retried_on_another_account(private_
 async def test_a_replacement_lost_in_transport_is_not_counted_as_sent():
     # The tx being replaced keeps the pending count past its nonce whether or not the replacement
     # reached the node, so that count must not vouch for a replacement (a phantom hash otherwise).
-    from web3 import AsyncWeb3
-
-    from workbench.stack.relayer import PendingTx
-
     class Eth:
         async def send_raw_transaction(self, raw):
             raise aiohttp.ClientConnectionError("connection dropped")

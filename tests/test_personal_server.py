@@ -16,6 +16,7 @@ from eth_utils import keccak, to_checksum_address
 
 from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
 from workbench.stack.components import start_component, stop_component
+from workbench.stack.personal_server import ApiError, Operation, PersonalServer
 from workbench.vana import chain, crypto, permission
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -296,15 +297,11 @@ async def test_full_queue_answers_503_and_stop_cancels(stack, w3, tmp_path):
 
 
 def _bare_server(**config):
-    from workbench.stack.personal_server import PersonalServer
-
     return PersonalServer({"rpc_url": "http://127.0.0.1:9", "storage_url": "x", **config}, SEED)
 
 
 def test_finished_operations_are_retired_beyond_keep_finished():
     # A long run must not keep every operation (and its result) in memory until the server stops.
-    from workbench.stack.personal_server import Operation
-
     server = _bare_server(keep_finished=3)
     ops = [Operation(f"op{i}", i + 1, "0xg", "p", {}, [b"x"]) for i in range(5)]
     for op in ops:
@@ -325,8 +322,6 @@ def test_finished_operations_are_retired_beyond_keep_finished():
 
 async def test_revocation_check_rpc_failure_is_502_not_500():
     # `permissions()` answered, then the block number read failed: a downstream fault (502).
-    from workbench.stack.personal_server import ApiError
-
     server = _bare_server()
 
     class Read:

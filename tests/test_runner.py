@@ -8,9 +8,12 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
+import papermill
 import pytest
 
+from workbench.__main__ import parser
 from workbench.analysis import console, results
+from workbench.cli.notebook import notebook_command
 from workbench.driver import runner
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import Wallet
@@ -86,11 +89,6 @@ async def test_an_interrupted_run_cancels_its_flows_before_closing_their_clients
 def test_notebook_command_keeps_an_output_dir_given_with_p(tmp_path, monkeypatch) -> None:
     """`python -m workbench notebook -p output_dir X` runs into X: the `--output-dir` flag's
     default must not silently override it."""
-    import papermill
-
-    from workbench.__main__ import parser
-    from workbench.cli.notebook import notebook_command
-
     calls: list[dict] = []
     monkeypatch.setattr(
         papermill, "execute_notebook", lambda src, dst, **kw: calls.append({"dst": dst, **kw})

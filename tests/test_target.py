@@ -315,9 +315,6 @@ def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_pat
 
 
 def test_a_run_with_a_bad_target_file_fails_before_anything_starts(tmp_path):
-    from workbench.driver.config import RunConfig
-    from workbench.driver.runner import Runner
-
     bad = tmp_path / "t.yaml"
     bad.write_text("name: broken\nchain_id: 5\n")
     config = RunConfig.from_params(users=1, target=str(bad), output_dir=str(tmp_path / "out"))

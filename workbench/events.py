@@ -242,7 +242,7 @@ class EventWriter:
     def __init__(self, path: str | Path, secrets: Iterable[str] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
         self._redactor = Redactor([*env_secrets(), *secrets])
         self.count = 0

@@ -100,7 +100,7 @@ def _setup_lines(results: Results, summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def user_line(flow: Mapping[str, Any]) -> str:
+def user_line(flow: Mapping[str, Any] | pd.Series) -> str:
     """`[User 03] ✅ Flow completed in 43.8s` / `[User 07] ❌ Flow failed at relay (nonce) after
     …`, from a flow event or a row of `Results.flows`."""
     who = f"[User {int(flow['user']) + 1:02d}]"

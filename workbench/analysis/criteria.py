@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ def evaluate(criteria: Criteria, summary: Mapping[str, Any]) -> list[dict[str, A
     return rows
 
 
-def verdict(rows: list[Mapping[str, Any]], complete: bool = True) -> str:
+def verdict(rows: Sequence[Mapping[str, Any]], complete: bool = True) -> str:
     """PASSED iff no row FAILs and the run completed (a killed run proves nothing)."""
     ok = complete and all(row["status"] != "FAIL" for row in rows)
     return "PASSED" if ok else "FAILED"

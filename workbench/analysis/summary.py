@@ -7,7 +7,7 @@ import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -121,7 +121,8 @@ def summarize(
 
 def _stored(flows: pd.DataFrame) -> dict[str, int]:
     """What the run left in storage (distinct objects): `python -m workbench cleanup` removes it."""
-    objects = stored_objects(flows.to_dict("records")) if "stored" in flows else {}
+    records = flows.to_dict("records") if "stored" in flows else []
+    objects = stored_objects(cast(list[dict[str, Any]], records))  # column labels are str
     return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
 
 
@@ -188,7 +189,7 @@ def _faults(config: dict[str, Any]) -> Any:
 def _cell(table: pd.DataFrame, row: str, col: str) -> float | None:
     if row not in table.index or col not in table.columns:
         return None
-    value = table.at[row, col]
+    value: Any = table.at[row, col]  # pandas types a cell as any scalar, float() takes fewer
     return None if pd.isna(value) else float(value)
 
 

@@ -8,15 +8,17 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import papermill as pm
+import yaml
+
+from workbench.driver.config import RunConfig
 from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT, load
 
 
 def notebook_command(args: Namespace) -> int:
     """Executes a notebook with papermill into its results dir and prints where the report is."""
-    import papermill as pm
 
-    from workbench.driver.config import RunConfig
     from workbench.notebook import check_parameters
 
     notebook = Path(args.notebook)
@@ -64,6 +66,4 @@ def notebook_command(args: Namespace) -> int:
 
 def _literal(text: str) -> Any:
     """`-p users 25` gives 25, `-p profile fast` gives 'fast' (as papermill's CLI does)."""
-    import yaml
-
     return yaml.safe_load(text)

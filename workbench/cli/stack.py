@@ -51,7 +51,7 @@ def stack_up(profile: str, json_out: bool, vana_addresses: bool = False) -> int:
 
 
 def _on_signals(handler: Any) -> dict[int, Any]:
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     return previous
@@ -63,7 +63,7 @@ def _restore(previous: dict[int, Any]) -> None:
 
 
 def _render(stack: LocalStack, json_out: bool) -> str:
-    endpoints = stack.endpoints.to_json()
+    endpoints = stack.target.endpoints.to_json()
     if json_out:
         return json.dumps(endpoints)
     rows = [(k, v) for k, v in endpoints.items() if k != "contracts"]

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,6 +328,7 @@ class FlowRun:
         transient failures are retried like inference calls. Answers the URL the SDK's IPFS
         providers answer (`ipfs://CID`), the one registered on chain."""
         ipfs = self.ctx.ipfs
+        assert ipfs is not None  # FlowContext.__post_init__ defaults it to the endpoints' Kubo
 
         def send() -> Awaitable[Any]:  # a fresh form per attempt: aiohttp sends one only once
             form = ipfs.form(blob, name)
@@ -604,8 +605,6 @@ async def flow_context(
     Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
     GIL on large buffers, and the signatures are sub-millisecond.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     settings = settings or FlowSettings()
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
     executor = ThreadPoolExecutor(

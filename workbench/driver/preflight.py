@@ -26,6 +26,7 @@ import aiohttp
 
 from workbench.errors import WorkbenchError
 from workbench.vana import contracts
+from workbench.vana.chain import close_web3, make_web3
 from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.permission import DOMAIN_NAME, DOMAIN_VERSION
 from workbench.vana.relay import ADD_SERVER_FILES_AND_PERMISSIONS
@@ -309,8 +310,6 @@ async def _chain(
                 "fix the RPC items above first",
             )
         ]
-    from workbench.vana.chain import close_web3, make_web3
-
     w3 = make_web3(rpc_url, timeout_s=timeout_s)
     try:
         return await asyncio.wait_for(_chain_checks(w3, target, skip), timeout_s * 3)

@@ -37,6 +37,7 @@ import aiohttp
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from eth_utils import is_address, to_checksum_address
+from web3 import AsyncWeb3
 
 from workbench.errors import WorkbenchError
 from workbench.secrets import redact
@@ -54,6 +55,7 @@ from workbench.stack.server import (
 )
 from workbench.vana import chain, permission, relay
 from workbench.vana.crypto import personal_sign
+from workbench.vana.relay import UnifiedRequest
 from workbench.vana.retry import SERVER_CALLS, connection_lost, retrying
 
 APP_KEY = web.AppKey("api_server", object)
@@ -87,7 +89,7 @@ class ApiServer:
         self.gateway_url = (config.get("gateway_url") or f"{self.storage_url}/ipfs").rstrip("/")
         self.session: aiohttp.ClientSession | None = None
         self.relayer: Relayer | None = None
-        self.w3 = None
+        self.w3: AsyncWeb3 | None = None
 
     def gauges(self) -> dict[str, int]:
         return self.relayer.gauges() if self.relayer else {}
@@ -151,7 +153,7 @@ class ApiServer:
         except web.HTTPRequestEntityTooLarge:
             return _relay_error(413, "request body too large")
 
-    async def _unified(self, req: relay.UnifiedRequest) -> dict[str, Any]:
+    async def _unified(self, req: UnifiedRequest) -> dict[str, Any]:
         if req.kind == "direct":  # parse_unified let only storeGrantFile through
             return relay.direct_answer({"url": await self._store_grant_file(req.params)})
         if not isinstance(req.typed_data, dict):
@@ -176,6 +178,7 @@ class ApiServer:
             raise ApiError(400, f"invalid {e}") from None
         if expected is not None and signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
+        assert self.relayer is not None  # set by start(), before any request is served
         try:
             return await self.relayer.relay(signer, permission.contract_input(typed), signature)
         except RelayError as e:
@@ -203,6 +206,7 @@ class ApiServer:
             raise ApiError(503, "this API server has no storage_url configured")
         form = aiohttp.FormData()
         form.add_field("file", data, filename=name, content_type="application/octet-stream")
+        assert self.session is not None  # set in start(), before any request is served
         try:
             async with self.session.post(f"{self.storage_url}/api/v0/add", data=form) as resp:
                 answer = await resp.json(content_type=None) if resp.status == 200 else None
@@ -270,6 +274,7 @@ class ApiServer:
         url = self.personal_url + path
 
         async def call(_attempt: int) -> tuple[int, dict]:
+            assert self.session is not None  # set by start(), before any request is served
             async with self.session.request(method, url, **kwargs) as resp:
                 try:
                     answer = await resp.json(content_type=None)

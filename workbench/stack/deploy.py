@@ -16,7 +16,10 @@ from typing import Any
 
 from eth_abi import encode
 from eth_account import Account
+from eth_typing import ChecksumAddress
+from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
+from web3.types import Nonce, TxReceipt
 from web3.utils.address import get_create_address
 
 from workbench.stack import anvil
@@ -38,7 +41,7 @@ def _deploy_data(name: str, arg_types: list[str], args: list[Any]) -> str:
 
 
 def _transactions(
-    deployer: str,
+    deployer: ChecksumAddress,
     nonce: int,
     app_address: str,
     app_public_key: str,
@@ -48,10 +51,12 @@ def _transactions(
     reference each other (and the grantee is registered) at `wired_to`, by default where they
     are created."""
     names = [*SATELLITES, PERMISSIONS]
-    addresses = {n: get_create_address(deployer, nonce + i) for i, n in enumerate(names)}
+    addresses: dict[str, str] = {
+        n: get_create_address(deployer, Nonce(nonce + i)) for i, n in enumerate(names)
+    }
     wiring = wired_to or addresses
     satellites = [wiring[n] for n in SATELLITES]
-    txs = [
+    txs: list[dict[str, Any]] = [
         {"data": _deploy_data(n, ["address"], [wiring[PERMISSIONS]]), "gas": DEPLOY_GAS}
         for n in SATELLITES
     ]
@@ -115,7 +120,9 @@ async def deploy_at_sdk_addresses(
         )
         receipts = await _send_all(w3, deployer, txs[:-1], cid, nonce)
         _check(receipts, addresses)
-        codes = await asyncio.gather(*(w3.eth.get_code(addresses[n]) for n in SDK_CONTRACTS))
+        codes = await asyncio.gather(
+            *(w3.eth.get_code(to_checksum_address(addresses[n])) for n in SDK_CONTRACTS)
+        )
         for name, code in zip(SDK_CONTRACTS, codes, strict=True):
             await anvil.set_code(rpc_url, SDK_CONTRACTS[name], "0x" + bytes(code).hex())
         await anvil.set_chain_id(rpc_url, new_chain_id)
@@ -129,7 +136,7 @@ async def deploy_at_sdk_addresses(
 
 async def _send_all(
     w3: AsyncWeb3, deployer: Any, txs: list[dict[str, Any]], cid: int, nonce: int
-) -> list[dict[str, Any]]:
+) -> list[TxReceipt]:
     """Sends `txs` back to back from `nonce` on, then awaits every receipt."""
     block = await w3.eth.get_block("latest")
     tip = 10**9
@@ -143,7 +150,7 @@ async def _send_all(
     )
 
 
-def _check(receipts: list[dict[str, Any]], addresses: dict[str, str]) -> None:
+def _check(receipts: list[TxReceipt], addresses: dict[str, str]) -> None:
     labels = [*addresses, "registerGrantee"]
     for label, receipt in zip(labels, receipts, strict=False):
         if receipt["status"] != 1:

@@ -285,7 +285,7 @@ class LocalStack:
         self, port: int, rpc_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         inference = self.profile["inference"]
-        config = {
+        config: dict[str, Any] = {
             "port": port,
             "rpc_url": rpc_url,
             "chain_id": self.chain_id,

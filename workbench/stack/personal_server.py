@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp import web
 from coincurve import PrivateKey
 from eth_utils import is_address, keccak, to_checksum_address
+from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
 from workbench.errors import WorkbenchError
@@ -189,7 +190,7 @@ class PersonalServer:
         self.pool = ThreadPoolExecutor(int(config.get("decrypt_workers", 2)), "decrypt")
         self.workers: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None  # both set on startup, inside the loop
-        self.w3 = None
+        self.w3: AsyncWeb3 | None = None
 
     def gauges(self) -> dict[str, int]:
         backend = getattr(self, "backend", None)
@@ -228,10 +229,12 @@ class PersonalServer:
         self.workers = [asyncio.create_task(self._work()) for _ in range(self.workers_n)]
 
     def _contract(self, name: str):
+        assert self.w3 is not None  # called from start(), after it is set
         return chain.contract(self.w3, name, self.config["contracts"][name])
 
     async def _check_chain_id(self) -> None:
         expected = self.config.get("chain_id")
+        assert self.w3 is not None  # called from start(), after it is set
         actual = await self.w3.eth.chain_id
         if expected is not None and int(expected) != actual:
             raise WorkbenchError(
@@ -328,6 +331,7 @@ class PersonalServer:
             raise ApiError(502, f"rpc failed: {type(e).__name__}: {e}") from None
 
     async def _block_number(self) -> int:
+        assert self.w3 is not None  # set by start(), before any request is served
         try:
             return await self.w3.eth.block_number
         except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
@@ -412,6 +416,7 @@ class PersonalServer:
             raise ApiError(422, f"unsupported URL scheme in {url[:80]!r}")
 
         async def get(_attempt: int) -> bytes:
+            assert self.session is not None  # set by start(), before any request is served
             async with self.session.get(url, timeout=self.fetch_timeout) as resp:
                 if resp.status != 200:
                     raise ApiError(502, f"storage answered {resp.status} for {url[:120]}")

@@ -25,15 +25,17 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxParams
 
 from workbench.vana import contracts
 from workbench.vana.chain import NonceManager
@@ -85,7 +87,7 @@ class RelayAccount:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self.account.address
 
     @property
@@ -185,7 +187,8 @@ class Relayer:
     async def _simulate(self, call: dict[str, Any]) -> int:
         """Gas for `call` with margin; a revert becomes a 409/422 RelayError with its reason."""
         try:
-            estimate = await self.w3.eth.estimate_gas({**call, "from": self.accounts[0].address})
+            call_from = cast(TxParams, {**call, "from": self.accounts[0].address})
+            estimate = await self.w3.eth.estimate_gas(call_from)
         except ContractLogicError as e:
             self.refused += 1
             name, reason = revert_reason(e)
@@ -360,7 +363,7 @@ class Relayer:
         """The receipt status of whichever of its hashes was mined (None if not found)."""
         for tx_hash in reversed(pending.hashes):
             try:
-                return (await self.w3.eth.get_transaction_receipt(tx_hash))["status"]
+                return (await self.w3.eth.get_transaction_receipt(HexStr(tx_hash)))["status"]
             except TransactionNotFound:
                 continue
             except (Web3RPCError, *TRANSPORT_ERRORS) as e:  # only the gauge misses this one

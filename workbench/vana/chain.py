@@ -13,16 +13,18 @@ import json
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ABIEvent, HexStr
 from eth_utils import event_abi_to_log_topic, keccak
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxParams, TxReceipt
 
 from workbench.vana import contracts
 from workbench.vana.retry import RetryPolicy, retrying
@@ -296,7 +298,7 @@ async def _fees(w3: AsyncWeb3, priority: int | None) -> dict[str, int]:
 
 async def _gas(w3: AsyncWeb3, sender: str, tx: dict[str, Any]) -> int:
     call = {k: tx[k] for k in ("to", "data", "value") if k in tx}
-    return int(await w3.eth.estimate_gas({**call, "from": sender}) * GAS_MARGIN)
+    return int(await w3.eth.estimate_gas(cast(TxParams, {**call, "from": sender})) * GAS_MARGIN)
 
 
 async def _fill(w3: AsyncWeb3, sender: str, tx: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +340,7 @@ async def send_tx(
     if own_nonce and nonces is None:
         raise ValueError("send_tx needs a nonce in tx or a NonceManager")
     for attempt in (1, 2):
-        if own_nonce:
+        if own_nonce and nonces is not None:  # not None when own_nonce: checked above
             tx["nonce"] = await nonces.next()
         signed = account.sign_transaction(tx)
         tx_hash = "0x" + bytes(signed.hash).hex()
@@ -349,7 +351,7 @@ async def send_tx(
             message = str(e).lower()
             if "already known" in message or "already imported" in message:  # geth / anvil
                 return tx_hash
-            if own_nonce:
+            if own_nonce and nonces is not None:
                 await nonces.resync()  # the node's count tells whether our nonce was used
             if attempt == 1 and own_nonce and _is_nonce_clash(message):
                 continue
@@ -359,7 +361,7 @@ async def send_tx(
 
 async def wait_receipt(
     w3: AsyncWeb3, tx_hash: str, timeout_s: float, poll_s: float = 0.1
-) -> dict[str, Any]:
+) -> TxReceipt:
     """Polls for the receipt until `timeout_s`; transient RPC errors are polled through.
 
     Raises `ReceiptTimeout` at the deadline. A mined-but-reverted tx returns its receipt
@@ -370,7 +372,7 @@ async def wait_receipt(
         async with asyncio.timeout(timeout_s):
             while True:
                 try:
-                    return await w3.eth.get_transaction_receipt(tx_hash)
+                    return await w3.eth.get_transaction_receipt(HexStr(tx_hash))
                 except TransactionNotFound:
                     pass
                 except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
@@ -432,7 +434,7 @@ async def wait_permission(
 
 async def _receipt_or_none(w3: AsyncWeb3, tx_hash: str) -> Any:
     try:
-        return await w3.eth.get_transaction_receipt(tx_hash)
+        return await w3.eth.get_transaction_receipt(HexStr(tx_hash))
     except TransactionNotFound:
         return None
     except (aiohttp.ClientError, Web3RPCError, OSError):
@@ -464,7 +466,7 @@ async def _mined_elsewhere(
 
 def _event_topic(abi: list[dict[str, Any]], name: str) -> bytes:
     event = next(e for e in abi if e.get("type") == "event" and e["name"] == name)
-    return event_abi_to_log_topic(event)
+    return event_abi_to_log_topic(cast(ABIEvent, event))
 
 
 def decode_permission_added(receipt: dict[str, Any], permissions: Any = None) -> int:

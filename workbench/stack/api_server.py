@@ -3,7 +3,9 @@
 `python -m workbench.stack.api_server`, config (`WORKBENCH_COMPONENT`, JSON):
   port (0 = any free), rpc_url, chain_id, personal_server_url,
   contracts {DataPortabilityPermissions: address, ...},
-  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_s (15): replace a tx pending longer},
+  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_blocks (3), stuck_after_s (15),
+           max_replacements (4)}: a tx the chain passed over for that many blocks and seconds is
+           replaced, at most that many times (see `workbench.stack.relayer`),
   rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
@@ -32,7 +34,13 @@ from aiohttp import web
 from eth_utils import is_address, to_checksum_address
 
 from workbench.errors import WorkbenchError
-from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
+from workbench.stack.relayer import (
+    DEFAULT_MAX_REPLACEMENTS,
+    DEFAULT_STUCK_AFTER_BLOCKS,
+    DEFAULT_STUCK_AFTER_S,
+    Relayer,
+    RelayError,
+)
 from workbench.stack.server import (
     ApiError,
     component_config,
@@ -98,6 +106,8 @@ class ApiServer:
             confirm_poll_s=float(settings.get("confirm_poll_s", 0.25)),
             fee_ttl_s=float(settings.get("fee_ttl_s", 1.0)),
             stuck_after_s=float(settings.get("stuck_after_s", DEFAULT_STUCK_AFTER_S)),
+            stuck_after_blocks=int(settings.get("stuck_after_blocks", DEFAULT_STUCK_AFTER_BLOCKS)),
+            max_replacements=int(settings.get("max_replacements", DEFAULT_MAX_REPLACEMENTS)),
         )
         await self.relayer.start()
 

@@ -698,3 +698,52 @@ async def test_a_lost_tx_does_not_leave_its_user_refused(private_chain):
     finally:
         await relayer.close()
         await chain.close_web3(w3)
+
+
+async def test_a_tx_behind_full_blocks_waits_its_turn_and_one_with_room_is_stalled():
+    # The node's answers, faked: the tx is in the pool (pending count past it) and priced to
+    # mine; whether it was passed over for lack of room decides between waiting and replacing.
+    from web3 import AsyncWeb3
+
+    from workbench.stack.relayer import PendingTx
+
+    sent: list[bytes] = []
+
+    class Eth:
+        async def get_transaction_count(self, address, block):
+            return 8  # nonce 7 is in the pool
+
+        async def send_raw_transaction(self, raw):
+            sent.append(raw)
+
+    class Provider:
+        gas_used = 0
+
+        async def make_request(self, method, params):
+            assert method == "eth_getBlockByNumber"
+            block = {"baseFeePerGas": hex(10**9), "gasLimit": hex(30_000_000)}
+            return {"result": {**block, "gasUsed": hex(self.gas_used)}}
+
+    fake = type("W3", (), {"eth": Eth(), "provider": Provider()})()
+    relayer = Relayer(AsyncWeb3(), "0x" + "11" * 20, [anvil.dev_key(3)])
+    relayer.w3 = fake
+    acct = relayer.accounts[0]
+    tx = {
+        "to": "0x" + "11" * 20,
+        "data": "0x",
+        "value": 0,
+        "gas": 1_500_000,
+        "chainId": anvil.CHAIN_ID,
+        "maxFeePerGas": 3 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": 7,
+    }
+    pending = acct.pending[7] = PendingTx(7, tx, ["0xaa"], ("0xuser", 0), seen_block=100)
+    Provider.gas_used = 29_000_000  # no room for 1.5 M more
+    await relayer._replace_stuck(acct, pending)
+    assert (relayer.waited_full_blocks, relayer.replaced, sent) == (1, 0, [])
+    assert pending.replacements == 0 and pending.seen_block is None  # counted again from here
+    Provider.gas_used = 1_000_000  # room, yet it was passed over
+    await relayer._replace_stuck(acct, pending)
+    assert relayer.replaced_by["stalled"] == 1 and len(sent) == 1 and len(pending.hashes) == 2
+    assert pending.tx["maxFeePerGas"] > tx["maxFeePerGas"]

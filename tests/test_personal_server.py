@@ -329,23 +329,16 @@ async def test_revocation_check_rpc_failure_is_502_not_500():
 
     server = _bare_server()
 
-    class Read:
-        def __init__(self, value):
-            self.value = value
-
-        async def call(self):
-            return self.value
-
-    class Functions:
-        def permissions(self, pid):
-            return Read((pid, "0xuser", 0, 1, "ipfs://g", 1, 5, [1]))
+    async def permissions(contract, function, pid):
+        assert function == "permissions"
+        return (pid, "0xuser", 0, 1, "ipfs://g", 1, 5, [1])  # ends at block 5: check the head
 
     class Eth:
         @property
         async def block_number(self):
             raise chain.RpcUnavailable("eth_blockNumber: 5 attempts failed")
 
-    server.permissions = type("C", (), {"functions": Functions()})()
+    server.permissions, server._call = object(), permissions
     server.w3 = type("W", (), {"eth": Eth()})()
     with pytest.raises(ApiError) as caught:
         await server._permission(7)

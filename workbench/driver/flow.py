@@ -350,6 +350,8 @@ class FlowRun:
     async def poll(self, attempts: list[int]) -> Any:
         ep, s = self.ctx.endpoints, self.ctx.settings
         body = {"operationId": self.rec.ids["operation_id"], "chainId": ep.chain_id}
+        # Backs off while the operation runs, as receipt polls do (see chain.POLL_GROWTH).
+        pause, cap = s.poll_interval_s, max(s.poll_interval_s, chain.POLL_CAP_S)
         while True:
             answer = await self.retrying(
                 attempts, lambda: self.post_json(f"{ep.api_url}/api/trusted-server/poll", body)
@@ -361,7 +363,8 @@ class FlowRun:
             if status not in RUNNING:  # failed (or unknown): final for this flow, never resubmitted
                 detail = data.get("error") or _short(data)
                 raise FlowError("inference", f"operation ended {status}: {detail}")
-            await asyncio.sleep(s.poll_interval_s)
+            await asyncio.sleep(pause)
+            pause = min(cap, pause * chain.POLL_GROWTH)
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
         """Retries network errors, timeouts and 5xx with capped exponential backoff, full jitter."""

@@ -70,7 +70,7 @@ from workbench.stack.server import (
     run,
     secrets,
 )
-from workbench.vana import chain
+from workbench.vana import chain, views
 from workbench.vana.crypto import decrypt_file, ecies_decrypt, recover_personal
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -300,7 +300,7 @@ class PersonalServer:
     # --- permission checks (chain reads only, no side effects)
 
     async def _permission(self, permission_id: int) -> PermissionRecord:
-        info = await self._call(self.permissions.functions.permissions(permission_id))
+        info = await self._call(self.permissions, "permissions", permission_id)
         perm_id, grantor, _nonce, grantee_id, grant, _start, end_block, file_ids = info
         if perm_id == 0:
             raise ApiError(404, f"no permission {permission_id}")
@@ -313,13 +313,15 @@ class PersonalServer:
     async def _grantee_address(self, grantee_id: int) -> str:
         # grantees(id) also returns the grantee's growing list of permission ids: read it once.
         if grantee_id not in self.grantee_addresses:
-            info = await self._call(self.grantees.functions.grantees(grantee_id))
+            info = await self._call(self.grantees, "grantees", grantee_id)
             self.grantee_addresses[grantee_id] = info[1]
         return self.grantee_addresses[grantee_id]
 
-    async def _call(self, fn) -> Any:
+    async def _call(self, contract: Any, function: str, *args: Any) -> Any:
+        """A view as one raw eth_call (`views.view`): web3's contract call path cost this
+        busy server ~1.6 ms of CPU per read, with three or four reads per operation."""
         try:
-            return await fn.call()
+            return await views.view(contract, function)(*args)
         except ContractLogicError as e:
             raise ApiError(404, f"chain refused the read: {e}") from None
         except (aiohttp.ClientError, TimeoutError, OSError, Web3RPCError) as e:
@@ -434,11 +436,11 @@ class PersonalServer:
         return grant
 
     async def _open_file(self, file_id: int, grantor: str, ident: ServerIdentity) -> bytes:
-        info = await self._call(self.registry.functions.files(file_id))
+        info = await self._call(self.registry, "files", file_id)
         owner, url = info[1], info[2]
         if owner != grantor:
             raise ApiError(403, f"file {file_id} does not belong to the grantor")
-        sealed = await self._call(self.registry.functions.filePermissions(file_id, ident.address))
+        sealed = await self._call(self.registry, "filePermissions", file_id, ident.address)
         if not sealed:
             raise ApiError(403, f"file {file_id} grants this server no key")
         blob = await self._fetch(url)

@@ -20,13 +20,16 @@ for the node's attention, and replacing it then only adds load (a 3 s rule repla
 healthy transactions at 1,000 users). Only the transaction the account's mined nonce waits for
 can be stuck (later ones wait behind it); it is stuck once `stuck_after_blocks` blocks were mined
 since it was seen pending and at least `stuck_after_s` passed since its last send (a floor, never
-the judge: a stalled chain mines no blocks, so nothing counts as stuck). Its cause, from the
-node: `underpriced` (its max fee is below the latest base fee; anvil even evicts it), `dropped`
-(the pending count says the pool no longer has it) or `stalled` (in the pool, priced to mine, yet
-passed over). It is then re-sent with the same nonce and calldata and fees x1.25 (at least
-enough for the base fee); the user's message can mine under the new hash, which the flow finds
-through the user's nonce (see `chain.wait_permission`). Each further replacement of that nonce
-waits twice as many blocks and seconds, up to `max_replacements`; the gauges count each cause.
+the judge: a stalled chain mines no blocks, so nothing counts as stuck). Then the node tells why:
+`underpriced` (its max fee is below the latest base fee; anvil even evicts it), `dropped` (the
+pending count says the pool no longer has it), or `stalled` (in the pool, priced to mine, and the
+latest block had room for it). Those are re-sent with the same nonce and calldata and fees x1.25
+(at least enough for the base fee); the user's message can mine under the new hash, which the flow
+finds through the user's nonce (see `chain.wait_permission`). Each further replacement of that
+nonce waits twice as many blocks and seconds, up to `max_replacements`; the gauges count each
+cause. But a tx in the pool behind full blocks waits its turn (`relay_waited_full_blocks`): a
+congested chain is not a stuck tx, and outbidding our own queue only reorders it (the
+replacement storm of a 3 s rule at 1,000 users was that: thousands of bumps, no more throughput).
 """
 
 from __future__ import annotations
@@ -146,6 +149,8 @@ class Relayer:
         self.retries = self.replaced = self.replace_failed = self.replace_capped = 0
         self.replaced_by = dict.fromkeys(STUCK_CAUSES, 0)
         self.displaced = 0  # pending entries whose nonce the chain handed out again (tx lost)
+        self.waited_full_blocks = 0  # stuck-looking txs left alone: the blocks were full
+        self._fee_task: asyncio.Future | None = None
 
     def _account(self, key: str) -> RelayAccount:
         account = Account.from_key(key)
@@ -178,6 +183,7 @@ class Relayer:
             "relay_replace_failed": self.replace_failed,
             "relay_replace_capped": self.replace_capped,
             "relay_displaced": self.displaced,
+            "relay_waited_full_blocks": self.waited_full_blocks,
             "confirmed": self.confirmed,
             "reverted": self.reverted,
         }
@@ -243,20 +249,28 @@ class Relayer:
         return int(estimate * GAS_MARGIN)
 
     async def _fee_quote(self) -> dict[str, int]:
-        """EIP-1559 fees, cached briefly: two RPC calls per relay would double the node's load."""
-        now = time.monotonic()
-        if self._fees is None or now - self._fees[0] > self.fee_ttl_s:
-            try:
-                block, tip = await asyncio.gather(
-                    self.w3.eth.get_block("latest"), self.w3.eth.max_priority_fee
-                )
-            except (Web3RPCError, *TRANSPORT_ERRORS) as e:
-                self.relay_errors += 1
-                raise RelayError(502, f"fee quote failed: {type(e).__name__}: {e}") from None
-            # Room for the base fee to double before the tx is priced out.
-            fees = {"maxFeePerGas": 2 * block["baseFeePerGas"] + tip, "maxPriorityFeePerGas": tip}
-            self._fees = (now, fees)
-        return self._fees[1]
+        """EIP-1559 fees, cached briefly: two RPC calls per relay would double the node's load.
+        One refresh at a time: when the cache expires, concurrent relays share it (each asked
+        on its own at 1,000 users: a thousand fee reads where one does)."""
+        if self._fees is not None and time.monotonic() - self._fees[0] <= self.fee_ttl_s:
+            return self._fees[1]
+        if self._fee_task is None or self._fee_task.done():
+            self._fee_task = asyncio.ensure_future(self._fetch_fees())
+            self._fee_task.add_done_callback(_retrieve)
+        return await asyncio.shield(self._fee_task)
+
+    async def _fetch_fees(self) -> dict[str, int]:
+        try:
+            block, tip = await asyncio.gather(
+                self.w3.eth.get_block("latest"), self.w3.eth.max_priority_fee
+            )
+        except (Web3RPCError, *TRANSPORT_ERRORS) as e:
+            self.relay_errors += 1
+            raise RelayError(502, f"fee quote failed: {type(e).__name__}: {e}") from None
+        # Room for the base fee to double before the tx is priced out.
+        fees = {"maxFeePerGas": 2 * block["baseFeePerGas"] + tip, "maxPriorityFeePerGas": tip}
+        self._fees = (time.monotonic(), fees)
+        return fees
 
     def _pick(self, exclude: RelayAccount | None = None) -> RelayAccount:
         """The least loaded account; ties go round-robin so equal accounts share the work."""
@@ -380,11 +394,18 @@ class Relayer:
         )
 
     async def _replace_stuck(self, acct: RelayAccount, pending: PendingTx) -> None:
-        """Asks the node why the head-of-line tx waits, then re-sends it with higher fees."""
-        pending.replacements += 1
-        pending.seen_block, pending.sent_at = None, time.monotonic()  # the backoff runs from here
+        """Asks the node why the head-of-line tx waits, then re-sends it with higher fees
+        (unless it waits behind full blocks)."""
+        pending.seen_block, pending.sent_at = (
+            None,
+            time.monotonic(),
+        )  # the next wait counts from here
         try:
             cause, base_fee = await self._stuck_cause(acct, pending)
+            if cause == "congested":
+                self.waited_full_blocks += 1
+                return
+            pending.replacements += 1
             await self.replace(pending.hashes[-1], STUCK_FEE_FACTOR, 2 * base_fee)
         except (StaleNonce, RelayError, KeyError, Web3RPCError, *TRANSPORT_ERRORS) as e:
             self.replace_failed += 1  # mined meanwhile, or the node said no: the backoff holds
@@ -398,7 +419,8 @@ class Relayer:
             log.warning("nonce %d of %s: no more replacements", pending.nonce, acct.address)
 
     async def _stuck_cause(self, acct: RelayAccount, pending: PendingTx) -> tuple[str, int]:
-        """(cause, latest base fee): the node's pending count and latest block tell."""
+        """(cause, latest base fee): the node's pending count and latest block tell; `congested`
+        means the tx waits in the pool behind a block too full to have taken it."""
         in_pool, block = await asyncio.gather(
             self.w3.eth.get_transaction_count(acct.address, "pending"),
             chain.raw_request(self.w3, "eth_getBlockByNumber", ["latest", False]),
@@ -408,7 +430,8 @@ class Relayer:
             return "underpriced", base_fee
         if in_pool <= pending.nonce:
             return "dropped", base_fee
-        return "stalled", base_fee
+        room = int(block["gasLimit"], 16) - int(block["gasUsed"], 16)
+        return ("stalled" if pending.tx["gas"] <= room else "congested"), base_fee
 
     def _find(self, tx_hash: str) -> tuple[RelayAccount, PendingTx]:
         for acct in self.accounts:
@@ -473,6 +496,12 @@ class Relayer:
 
 class StaleNonce(Exception):
     """The node says the account's nonce moved on; the account was resynced."""
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Marks a shared task's failure as seen, also when every waiter went away first."""
+    if not task.cancelled():
+        task.exception()
 
 
 # --- revert reasons -----------------------------------------------------------------------------

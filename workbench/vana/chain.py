@@ -48,6 +48,12 @@ ALREADY_KNOWN = (b"already known", b"already imported")  # geth / anvil
 # How far back a permission mined under a replacement tx is looked for: far more blocks than a
 # flow's timeout spans on any chain the workbench drives, few enough for nodes' log-range caps.
 LOG_LOOKBACK_BLOCKS = 10_000
+# Receipt polls back off while nothing is mined: x1.25 per empty poll, capped at 1 s (or at the
+# caller's poll_s if that is longer). A thousand flows polling a congested node every 50 ms made
+# most of its requests (23 receipt polls per flow at 1,000 users); a wallet polls about once a
+# second or per block. The growth keeps the error on a measured wait under a quarter of it.
+POLL_GROWTH = 1.25
+POLL_CAP_S = 1.0
 
 
 class ReceiptTimeout(asyncio.TimeoutError):
@@ -424,12 +430,14 @@ async def wait_permission(
     `nonce` exactly when this signed message is mined, whichever tx carried it; the
     PermissionAdded log of the user whose stored nonce is ours names the id and the tx.
     Raises ReceiptTimeout at the deadline and TxReverted for a revert with the nonce unused.
+    The pause between polls starts at `poll_s` and grows while nothing is mined (POLL_GROWTH).
 
     Every request is a raw JSON-RPC call (views as `views.ViewFunction`, receipts and logs as
     the node's JSON): web3's receipt formatters cost ~5 ms of event-loop CPU per receipt, the
     biggest share of a load driver's CPU per flow. The receipt returned is the node's JSON.
     """
     loop = asyncio.get_running_loop()
+    pause, cap = poll_s, max(poll_s, POLL_CAP_S)
     try:
         async with asyncio.timeout(timeout_s):
             next_check = loop.time() + nonce_check_s
@@ -445,7 +453,8 @@ async def wait_permission(
                     if receipt is not None:
                         raise TxReverted(f"transaction {tx_hash} reverted")
                     next_check = loop.time() + nonce_check_s
-                await asyncio.sleep(poll_s)
+                await asyncio.sleep(pause)
+                pause = min(cap, pause * POLL_GROWTH)
     except TimeoutError:
         raise ReceiptTimeout(f"no receipt for {tx_hash} after {timeout_s} s") from None
 

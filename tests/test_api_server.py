@@ -512,8 +512,8 @@ class Ticks:
         self.count = 0
         original = relayer._confirm
 
-        async def counted(acct, head):
-            await original(acct, head)
+        async def counted(acct, head, queue):
+            await original(acct, head, queue)
             self.count += 1
 
         relayer._confirm = counted

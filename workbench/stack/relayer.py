@@ -18,9 +18,11 @@ crash carries on after its earlier self without a nonce clash.
 Stuck is judged by the chain, not by a clock: on a starved machine a transaction can wait seconds
 for the node's attention, and replacing it then only adds load (a 3 s rule replaced thousands of
 healthy transactions at 1,000 users). Only the transaction the account's mined nonce waits for
-can be stuck (later ones wait behind it); it is stuck once `stuck_after_blocks` blocks were mined
-since it was seen pending and at least `stuck_after_s` passed since its last send (a floor, never
-the judge: a stalled chain mines no blocks, so nothing counts as stuck). Then the node tells why:
+can be stuck (later ones wait behind it); it is stuck once `stuck_after_blocks` blocks, plus one
+for each of our txs sent before it and pending when it was first seen (its place in our queue:
+anvil mines about one tx per block), were mined since then, and at least `stuck_after_s` passed
+since its last send (a floor, never the judge: a stalled chain mines no blocks, so nothing counts
+as stuck). Then the node tells why:
 `underpriced` (its max fee is below the latest base fee; anvil even evicts it), `dropped` (the
 pending count says the pool no longer has it), or `stalled` (in the pool, priced to mine, and the
 latest block had room for it). Those are re-sent with the same nonce and calldata and fees x1.25
@@ -35,6 +37,7 @@ replacement storm of a 3 s rule at 1,000 users was that: thousands of bumps, no 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import logging
 import time
@@ -93,6 +96,7 @@ class PendingTx:
     key: tuple[str, int]  # (user, user nonce): one message in flight per user nonce
     sent_at: float = field(default_factory=time.monotonic)
     seen_block: int | None = None  # the chain's head when the confirm loop first saw it pending
+    ahead: int = 0  # our txs sent before it and still pending then: blocks it may wait for them
     replacements: int = 0  # sends after the first (attempts, also failed ones)
 
 
@@ -389,7 +393,7 @@ class Relayer:
             return False
         backoff = 2**pending.replacements
         return (
-            head - pending.seen_block >= self.stuck_after_blocks * backoff
+            head - pending.seen_block >= self.stuck_after_blocks * backoff + pending.ahead
             and time.monotonic() - pending.sent_at >= self.stuck_after_s * backoff
         )
 
@@ -453,14 +457,15 @@ class Relayer:
             except (Web3RPCError, *TRANSPORT_ERRORS) as e:
                 log.warning("confirming failed: %s: %s", type(e).__name__, e)
                 continue
+            queue = sorted(p.sent_at for a in busy for p in a.pending.values())
             results = await asyncio.gather(
-                *(self._confirm(a, head) for a in busy), return_exceptions=True
+                *(self._confirm(a, head, queue) for a in busy), return_exceptions=True
             )
             for result in results:
                 if isinstance(result, Exception):
                     log.warning("confirming failed: %s: %s", type(result).__name__, result)
 
-    async def _confirm(self, acct: RelayAccount, head: int) -> None:
+    async def _confirm(self, acct: RelayAccount, head: int, queue: list[float]) -> None:
         """Drops the account's txs whose nonce is mined (one RPC call per busy account per
         tick), then replaces the tx the account waits for if the chain has passed it over."""
         mined = await self.w3.eth.get_transaction_count(acct.address, "latest")
@@ -476,6 +481,7 @@ class Relayer:
         for pending in acct.pending.values():
             if pending.seen_block is None:
                 pending.seen_block = head
+                pending.ahead = bisect.bisect_left(queue, pending.sent_at)
         waited_for = acct.pending.get(mined)
         if waited_for is not None and self._is_stuck(waited_for, head):
             await self._replace_stuck(acct, waited_for)

@@ -22,16 +22,16 @@ can be stuck (later ones wait behind it); it is stuck once `stuck_after_blocks` 
 for each of our txs sent before it and pending when it was first seen (its place in our queue:
 anvil mines about one tx per block), were mined since then, and at least `stuck_after_s` passed
 since its last send (a floor, never the judge: a stalled chain mines no blocks, so nothing counts
-as stuck). Then the node tells why:
-`underpriced` (its max fee is below the latest base fee; anvil even evicts it), `dropped` (the
-pending count says the pool no longer has it), or `stalled` (in the pool, priced to mine, and the
-latest block had room for it). Those are re-sent with the same nonce and calldata and fees x1.25
-(at least enough for the base fee); the user's message can mine under the new hash, which the flow
-finds through the user's nonce (see `chain.wait_permission`). Each further replacement of that
-nonce waits twice as many blocks and seconds, up to `max_replacements`; the gauges count each
-cause. But a tx in the pool behind full blocks waits its turn (`relay_waited_full_blocks`): a
-congested chain is not a stuck tx, and outbidding our own queue only reorders it (the
-replacement storm of a 3 s rule at 1,000 users was that: thousands of bumps, no more throughput).
+as stuck). Then the node tells why: `underpriced` (its max fee is below the latest base fee;
+anvil even evicts it), `dropped` (the pending count says the pool no longer has it), or `stalled`
+(in the pool, priced to mine, and the latest block had room for it). Those are re-sent with the
+same nonce and calldata and fees x1.25 (at least enough for the base fee); the user's message can
+mine under the new hash, which the flow finds through the user's nonce (see
+`chain.wait_permission`). Each further replacement of that nonce waits twice as many blocks and
+seconds, up to `max_replacements`; the gauges count each cause. But a tx in the pool behind full
+blocks waits its turn (`relay_waited_full_blocks`): a congested chain is not a stuck tx, and
+outbidding our own queue only reorders it (the replacement storm of a 3 s rule at 1,000 users
+was that: thousands of bumps, no more throughput).
 """
 
 from __future__ import annotations
@@ -400,10 +400,8 @@ class Relayer:
     async def _replace_stuck(self, acct: RelayAccount, pending: PendingTx) -> None:
         """Asks the node why the head-of-line tx waits, then re-sends it with higher fees
         (unless it waits behind full blocks)."""
-        pending.seen_block, pending.sent_at = (
-            None,
-            time.monotonic(),
-        )  # the next wait counts from here
+        # Whatever the outcome, the next wait (and its backoff) counts from here.
+        pending.seen_block, pending.sent_at = None, time.monotonic()
         try:
             cause, base_fee = await self._stuck_cause(acct, pending)
             if cause == "congested":
@@ -471,7 +469,8 @@ class Relayer:
         mined = await self.w3.eth.get_transaction_count(acct.address, "latest")
         for nonce in sorted(n for n in acct.pending if n < mined):
             pending = acct.pending.pop(nonce)
-            if self._in_flight.get(pending.key) == (acct, nonce):
+            where = self._in_flight.get(pending.key)
+            if where is not None and where[0] is acct and where[1] == nonce:
                 del self._in_flight[pending.key]
             status = await self._status(pending)
             self.confirmed += 1

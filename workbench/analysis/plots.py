@@ -345,13 +345,19 @@ def _rate_kb_s(cumulative: pd.Series) -> pd.Series:
     return pd.Series(dv / np.where(dt > 0, dt, np.nan) / 1024, index=cumulative.index[1:])
 
 
+# Gauges that count events since the process started, labelled as totals on the queue panel.
+GAUGE_LABELS = {"relay_replaced": "relayer replacements (total)"}
+
+
 def _gauge_panel(ax, samples: pd.DataFrame) -> None:
-    """The stack's queue gauges (inference queue, relayer pending, txpool) on one panel."""
-    wanted = {"queue_depth", "relayer_pending", "txpool_pending", "in_flight"}
+    """The stack's queue gauges (inference queue, relayer pending, txpool) on one panel, with
+    the relayer's stuck-transaction replacements (a storm of them shows as a steep line)."""
+    wanted = {"queue_depth", "relayer_pending", "txpool_pending", "in_flight", *GAUGE_LABELS}
     g = samples[samples["metric"].isin(wanted)]
     for (comp, metric), s in g.groupby(["component", "metric"]):
         series = s.groupby("t")["value"].sum()
-        ax.plot(series.index, series.to_numpy(), lw=1, label=f"{comp} {metric}")
+        label = GAUGE_LABELS.get(str(metric), f"{comp} {metric}")
+        ax.plot(series.index, series.to_numpy(), lw=1, label=label)
     ax.set_title("stack queues (gauges)", fontsize=9, loc="left")
     if g.empty:
         ax.text(0.5, 0.5, "no gauges sampled", transform=ax.transAxes, ha="center", color="#777")

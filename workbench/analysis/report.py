@@ -254,7 +254,28 @@ def _trend_markdown(s: Mapping[str, Any]) -> str:
             "not the system under test, delayed the timings."
         )
     gauges = s.get("gauges") or {}
+    replaced = _replacements_line(gauges.get("api") or {}, s.get("tx_total"))
+    if replaced:
+        parts.append(replaced)
     peaks = [f"{c} {m} {v:g}" for c, ms in gauges.items() for m, v in ms.items()]
     if peaks:
         parts.append("Gauge peaks: " + ", ".join(peaks) + ".")
     return "\n\n".join(parts) or "No resource trends (too few samples)."
+
+
+def _replacements_line(api: Mapping[str, float], tx_total: Any) -> str | None:
+    """The relayer's stuck-transaction replacements, with their causes (None if not sampled)."""
+    if "relay_replaced" not in api:
+        return None
+    n = int(api["relay_replaced"])
+    share = f" ({n / tx_total:.1%} of {tx_total} relayed transactions)" if tx_total else ""
+    prefix = "relay_replaced_"  # one gauge per cause (the relayer's names them)
+    causes = [(m.removeprefix(prefix), int(v)) for m, v in api.items() if m.startswith(prefix)]
+    detail = ", ".join(f"{c} {k}" for c, k in causes if k)
+    capped = int(api.get("relay_replace_capped", 0))
+    return (
+        f"Relayer replacements of stuck transactions: **{n}**{share}"
+        + (f"; causes: {detail}" if detail else "")
+        + (f"; {capped} nonces reached the replacement cap" if capped else "")
+        + ". A transaction counts as stuck only when the chain mined blocks past it."
+    )

@@ -29,6 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sdk": {
         **VIEM_RECEIPT,
         "poll_interval_s": 0.5,
+        "poll_growth": 1.0,
         "operation_timeout_s": 30.0,
         "retry_attempts": 1,
         "wait_out_restarts": False,
@@ -36,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "upstream": {
         **VIEM_RECEIPT,
         "poll_interval_s": 5.0,
+        "poll_growth": 1.0,
         "operation_timeout_s": 150.0,  # 30 polls, 5 s apart
         "retry_attempts": 1,
         "step_attempts": {"inference_submit": 3, "inference_poll": 5},

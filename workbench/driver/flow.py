@@ -71,6 +71,7 @@ class FlowSettings:
     step_attempts: dict[str, int] = field(default_factory=dict)  # per step, over retry_attempts
     wait_out_restarts: bool = True  # retry refused connections for up to http_timeout_s
     operation_timeout_s: float | None = None  # the client's own limit on polling an operation
+    poll_growth: float = chain.POLL_GROWTH  # 1.0: poll at a fixed interval, as SDK clients do
     schema_id: int = 0
     prompt: str = "Summarise this user's data as JSON."
     relay: str = "app"
@@ -399,6 +400,9 @@ class FlowRun:
         ep, s = self.ctx.endpoints, self.ctx.settings
         body = {"operationId": self.rec.ids["operation_id"], "chainId": ep.chain_id}
         started = time.monotonic()
+        # Backs off while the operation runs, as receipt polls do, unless the client preset polls
+        # at a fixed interval (the SDK's waitForOperation, upstream's client).
+        pause, cap = s.poll_interval_s, max(s.poll_interval_s, chain.POLL_CAP_S)
         while True:
             answer = await self.retrying(
                 attempts, lambda: self.post_json(f"{ep.api_url}/api/trusted-server/poll", body)
@@ -413,7 +417,8 @@ class FlowRun:
             limit = s.operation_timeout_s
             if limit is not None and time.monotonic() - started > limit:
                 raise self.client_timeout(f"operation still {status} after {limit:g} s")
-            await asyncio.sleep(s.poll_interval_s)
+            await asyncio.sleep(pause)
+            pause = min(cap, pause * s.poll_growth)
 
     def client_timeout(self, detail: str) -> FlowError:
         """A timeout of the client's own wait (not the flow's deadline): recorded on the flow

@@ -5,7 +5,9 @@
   contracts {DataPortabilityPermissions: address, ...},
   storage_url (Kubo RPC API the app stores grant files in; optional: without it the grant-file
   routes answer 503), gateway_url (default `<storage_url>/ipfs`: the URLs answered),
-  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_s (15): replace a tx pending longer},
+  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_blocks (3), stuck_after_s (15),
+           max_replacements (4)}: a tx the chain passed over for that many blocks and seconds is
+           replaced, at most that many times (see `workbench.stack.relayer`),
   rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
@@ -41,7 +43,13 @@ from web3 import AsyncWeb3
 
 from workbench.errors import WorkbenchError
 from workbench.secrets import redact
-from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
+from workbench.stack.relayer import (
+    DEFAULT_MAX_REPLACEMENTS,
+    DEFAULT_STUCK_AFTER_BLOCKS,
+    DEFAULT_STUCK_AFTER_S,
+    Relayer,
+    RelayError,
+)
 from workbench.stack.server import (
     ApiError,
     component_config,
@@ -100,6 +108,10 @@ class ApiServer:
         self.session = aiohttp.ClientSession(timeout=self.personal_timeout)
         rpc_timeout = float(self.config.get("rpc_timeout_s", DEFAULT_TIMEOUT_S))
         self.w3 = chain.make_web3(self.config["rpc_url"], timeout_s=rpc_timeout)
+        # web3's validation middleware asks eth_chainId before each estimate and send (1,741 of
+        # them at 1,000 users); the chain id is checked once here and set in every tx.
+        if "validation" in self.w3.middleware_onion:
+            self.w3.middleware_onion.remove("validation")
         actual = await self.w3.eth.chain_id
         if actual != self.chain_id:
             raise WorkbenchError(
@@ -113,6 +125,8 @@ class ApiServer:
             confirm_poll_s=float(settings.get("confirm_poll_s", 0.25)),
             fee_ttl_s=float(settings.get("fee_ttl_s", 1.0)),
             stuck_after_s=float(settings.get("stuck_after_s", DEFAULT_STUCK_AFTER_S)),
+            stuck_after_blocks=int(settings.get("stuck_after_blocks", DEFAULT_STUCK_AFTER_BLOCKS)),
+            max_replacements=int(settings.get("max_replacements", DEFAULT_MAX_REPLACEMENTS)),
         )
         await self.relayer.start()
 

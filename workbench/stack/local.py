@@ -69,7 +69,7 @@ MODULES = {
     "api": "api_server",
     PROXY: "rpc_proxy",
 }
-AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: with automine a tx still pending after this is stuck
+AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: the least time between two sends of one nonce
 DEV_ACCOUNTS = 20
 FIRST_RELAYER = 2  # dev accounts: 0 deployer and funder, 1 the app, 2.. relayers
 MAX_RELAYERS = DEV_ACCOUNTS - FIRST_RELAYER
@@ -291,6 +291,7 @@ class LocalStack:
             "chain_id": self.chain_id,
             "storage_url": storage_url,
             "contracts": contracts,
+            "data_dir": str(self._workdir() / "personal"),  # its operations outlive a restart
             "inference": {
                 "backend": "simulated",
                 "latency_s": list(inference.get("latency_s", [0, 0])),
@@ -310,7 +311,8 @@ class LocalStack:
     ) -> dict[str, Any]:
         overrides = dict(self.profile.get("api") or {})  # optional: timeouts, relayer polling
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
-        # Stuck = pending three blocks (with automine a few seconds: only a stall does that).
+        # Stuck = passed over by three blocks (the relayer's default), and no sooner than three
+        # block times (with automine a few seconds) after its last send.
         relayer = {"stuck_after_s": 3 * block_time if block_time > 0 else AUTOMINE_STUCK_AFTER_S}
         relayer.update(overrides.pop("relayer", None) or {})
         return {

@@ -186,6 +186,7 @@ def test_decode_permission_added_refuses_reverted_and_unrelated_receipts() -> No
         decode_permission_added({"status": 1, "transactionHash": b"\x02" * 32, "logs": []})
 
 
+@pytest.mark.e2e
 async def test_wait_permission_backs_off_while_nothing_is_mined(w3, deployed) -> None:
     # A hash that never mines: polls start at poll_s and grow x1.25, so 2 s at 0.02 s make ~14
     # receipt requests where a fixed interval made 100 (a congested node's main load at scale).

@@ -10,10 +10,12 @@ OUT ?= outputs
 
 setup: $(VENV)/.installed node_modules/.installed .cache/contracts/.built
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every Python package (all platforms, Python 3.11+); pip checks it
+# against pyproject.toml in the same resolve.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r requirements.lock -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -29,6 +31,11 @@ node_modules/.installed: package.json package-lock.json
 run: setup
 	$(BIN)/python -m workbench notebook notebooks/run.ipynb --users $(USERS) --profile $(PROFILE) --output-dir $(OUT)
 
+# The seed's 5-10 minute configuration (params/run-ms03.yaml): about 6 minutes.
+.PHONY: run-ms03
+run-ms03: setup
+	$(BIN)/python -m workbench notebook notebooks/run.ipynb -f params/run-ms03.yaml --output-dir $(OUT)
+
 test: setup
 	$(BIN)/python -m pytest -q
 
@@ -42,6 +49,12 @@ bench: setup
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/driver.py
 	$(BIN)/python benchmarks/sampler.py
+
+# Re-pins requirements.lock after a change to pyproject.toml's dependencies (needs PyPI).
+.PHONY: lock
+lock:
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile -q --universal --python-version 3.11 pyproject.toml --extra dev -o requirements.lock
 
 clean:
 	rm -rf .cache outputs/*/ 

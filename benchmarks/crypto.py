@@ -27,13 +27,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pysequoia  # noqa: E402
-from eth_account import Account  # noqa: E402
+import pysequoia
+from eth_account import Account
 
-from workbench.vana import (
-    crypto,
-    permission,  # noqa: E402
-)
+from workbench.vana import crypto, permission
 
 USER_KEY = "0x" + hashlib.sha256(b"benchmark user").hexdigest()
 SERVER_KEY = "0x" + hashlib.sha256(b"benchmark server").hexdigest()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import resource
@@ -57,10 +58,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: import the project without an install
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psutil
+from crypto import crypto_floor  # benchmarks/crypto.py
+
+from workbench.driver.config import RunConfig
+from workbench.driver.runner import Runner
+from workbench.driver.shapes import make_user_data
+from workbench.events import read_events
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -87,8 +95,6 @@ def _thread_group(name: str, main_id: int, tid: int) -> str:
 
 
 def _stack_procs(processes: dict[str, int]) -> dict:
-    import psutil
-
     out = {}
     for component, pid in processes.items():
         if component != "driver":
@@ -101,8 +107,6 @@ def _stack_procs(processes: dict[str, int]) -> dict:
 
 def _cpu_of(procs: dict) -> dict[str, float]:
     """User+system CPU seconds of each stack process (for context; never subtracted)."""
-    import psutil
-
     out = {}
     for component, p in procs.items():
         try:
@@ -175,8 +179,6 @@ def _loop_profiler():
     finding hot spots; it inflates the CPU figures, so never quote a profiled run)."""
     if not os.environ.get("BENCH_CPROFILE"):
         return None
-    import cProfile
-
     profiler = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not waits
     profiler.enable()
     return profiler
@@ -186,13 +188,6 @@ def measure_one(
     users: int, shape: str, ramp_s: float, data_size: str, repeats: int, keep: bool = False
 ) -> dict:
     """One run in this process; returns its figures."""
-    import psutil
-    from crypto import crypto_floor  # benchmarks/crypto.py
-
-    from workbench.driver.config import RunConfig
-    from workbench.driver.runner import Runner
-    from workbench.driver.shapes import make_user_data
-    from workbench.events import read_events
 
     class MeasuredRunner(Runner):
         """The real Runner; only brackets its flows phase with measurements."""

@@ -27,12 +27,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eth_account import Account  # noqa: E402
+from eth_account import Account
 
-from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow  # noqa: E402
-from workbench.driver.shapes import make_user_data  # noqa: E402
-from workbench.stack.local import LocalStack  # noqa: E402
-from workbench.steps import STEPS  # noqa: E402
+from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.shapes import make_user_data
+from workbench.stack.local import LocalStack
+from workbench.steps import STEPS
 
 
 def _pct(values: list[float], q: float) -> float:

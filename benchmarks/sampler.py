@@ -24,7 +24,7 @@ from aiohttp import web
 if __package__ in (None, ""):  # run as a script: import the project without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench.driver.sampler import Sampler  # noqa: E402
+from workbench.driver.sampler import Sampler
 
 COMPONENTS = ("anvil", "storage", "api", "personal")
 RUNNER_INTERVAL_S = 0.5  # the cadence a run samples at (`Sampler`'s default)

@@ -23,6 +23,7 @@ from web3 import AsyncWeb3
 from workbench.params import PROJECT_ROOT
 from workbench.stack.anvil import dev_address, dev_key, start_anvil, wait_ready
 from workbench.stack.deploy import deploy_all
+from workbench.stack.local import LocalStack
 from workbench.stack.process import free_port, terminate
 from workbench.vana.chain import close_web3, make_web3
 from workbench.vana.contracts import CONTRACT_NAMES
@@ -120,7 +121,5 @@ def sdk_abis() -> dict[str, list[dict]]:
 def local_stack() -> Iterator[object]:
     """One started `LocalStack("fast")` shared by the session (a stack costs ~1.5 s and 4
     processes). Its relayers are dev accounts 2..5 on its own anvil, not the `anvil` fixture's."""
-    from workbench.stack.local import LocalStack
-
     with LocalStack("fast") as stack:
         yield stack

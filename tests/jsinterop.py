@@ -16,15 +16,22 @@ from workbench.params import PROJECT_ROOT
 JS_DIR = PROJECT_ROOT / "tests" / "js"
 
 
-def run_node(script: str, payload: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
-    """Runs `tests/js/<script>` with `payload` on stdin and answers its JSON output."""
+def run_node(
+    script: str, payload: dict[str, Any], timeout_s: float = 120, preload: str | None = None
+) -> dict[str, Any]:
+    """Runs `tests/js/<script>` with `payload` on stdin and answers its JSON output;
+    `preload` is a `tests/js` module imported first (`node --import`), e.g. a loader hook."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not on PATH; install Node 20 (`make setup` needs it too)")
     if not (PROJECT_ROOT / "node_modules").is_dir():
         raise RuntimeError("node_modules missing; run `make setup` (npm ci)")
     proc = subprocess.run(
-        [node, str(JS_DIR / script)],
+        [
+            node,
+            *(["--import", (JS_DIR / preload).as_uri()] if preload else []),
+            str(JS_DIR / script),
+        ],
         input=json.dumps(payload),
         capture_output=True,
         text=True,

@@ -12,12 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from eth_account import Account
+from web3 import AsyncWeb3
 
 from workbench.stack import anvil
 from workbench.stack.api_server import build_app, operation_request_json
 from workbench.stack.deploy import deploy_all
 from workbench.stack.process import free_port, terminate
-from workbench.stack.relayer import Relayer, RelayError
+from workbench.stack.relayer import PendingTx, Relayer, RelayError
 from workbench.vana import chain, crypto, permission
 
 pytestmark = pytest.mark.e2e
@@ -248,7 +249,8 @@ async def test_twenty_concurrent_users_all_relay_through_the_pool(local_stack, h
 
 
 def test_operation_request_json_format_is_pinned():
-    assert operation_request_json(5) == '{"permission_id": 5}'
+    # JSON.stringify({permission_id: 5}), as the SDK's createOperation signs it.
+    assert operation_request_json(5) == '{"permission_id":5}'
     assert json.loads(operation_request_json(12)) == {"permission_id": 12}
 
 
@@ -504,10 +506,6 @@ async def test_a_stale_nonce_is_resynced_and_retried_on_another_account(private_
 async def test_a_replacement_lost_in_transport_is_not_counted_as_sent():
     # The tx being replaced keeps the pending count past its nonce whether or not the replacement
     # reached the node, so that count must not vouch for a replacement (a phantom hash otherwise).
-    from web3 import AsyncWeb3
-
-    from workbench.stack.relayer import PendingTx
-
     class Eth:
         async def send_raw_transaction(self, raw):
             raise aiohttp.ClientConnectionError("connection dropped")
@@ -535,3 +533,250 @@ async def test_a_replacement_lost_in_transport_is_not_counted_as_sent():
         await relayer.replace("0xaa")
     assert caught.value.status == 504
     assert acct.pending[7].hashes == ["0xaa"] and acct.pending[7].tx == tx
+
+
+# --- stuck transactions, judged by the chain ----------------------------------------------------
+
+
+class Ticks:
+    """Counts the relayer's confirm-loop passes, so a test waits for passes, not for time."""
+
+    def __init__(self, relayer: Relayer):
+        self.count = 0
+        original = relayer._confirm
+
+        async def counted(acct, head, queue):
+            await original(acct, head, queue)
+            self.count += 1
+
+        relayer._confirm = counted
+
+    async def wait(self, passes: int = 3) -> None:
+        target = self.count + passes
+        for _ in range(2000):  # a bound on waiting, not a timing assertion
+            if self.count >= target:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the confirm loop made {self.count} passes, wanted {target}")
+
+
+async def until(predicate, what: str) -> None:
+    for _ in range(2000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def mine(rpc_url: str, blocks: int) -> None:
+    for _ in range(blocks):
+        await anvil.rpc(rpc_url, "evm_mine")
+
+
+def stuck_relayer(w3, contracts, key: str, **settings) -> Relayer:
+    """A relayer whose clock floor is negligible: only the chain decides what is stuck."""
+    options = {"confirm_poll_s": 0.02, "stuck_after_s": 0.0, "stuck_after_blocks": 3, **settings}
+    return Relayer(w3, contracts[PERMISSIONS], [key], **options)
+
+
+async def relay_seen(relayer: Relayer, contracts, ticks: Ticks) -> tuple[str, str, int, str]:
+    """Relays a new user's permission (automine off) and waits until the loop has seen it."""
+    key = new_key()
+    user, contract_input, signature = bare_permission(contracts, key, 0)
+    tx_hash = await relayer.relay(user, contract_input, signature)
+    await ticks.wait(2)
+    (pending,) = relayer.accounts[0].pending.values()
+    assert pending.seen_block is not None
+    return tx_hash, user, 0, key
+
+
+async def test_a_stalled_chain_is_not_a_stuck_tx(private_chain):
+    # No blocks: nothing is judged stuck however long it waits (replacing would only add load).
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    relayer = stuck_relayer(w3, contracts, anvil.dev_key(6))
+    ticks = Ticks(relayer)
+    try:
+        await relayer.start()
+        await anvil.rpc(rpc_url, "evm_setAutomine", [False])
+        tx_hash, *_ = await relay_seen(relayer, contracts, ticks)
+        await ticks.wait(20)
+        assert relayer.gauges()["relay_replaced"] == 0
+        assert relayer.accounts[0].pending[0].hashes == [tx_hash]
+        await mine(rpc_url, 1)
+        await until(lambda: relayer.gauges()["confirmed"] == 1, "the tx confirmed")
+        assert relayer.gauges()["relayer_pending"] == 0 and relayer._in_flight == {}
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)
+
+
+async def test_an_underpriced_tx_passed_over_by_blocks_is_replaced_and_found(private_chain):
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    relayer = stuck_relayer(w3, contracts, anvil.dev_key(7))
+    ticks = Ticks(relayer)
+    try:
+        await relayer.start()
+        await anvil.rpc(rpc_url, "evm_setAutomine", [False])
+        tx_hash, user, nonce, _ = await relay_seen(relayer, contracts, ticks)
+        max_fee = relayer.accounts[0].pending[0].tx["maxFeePerGas"]
+        # The base fee jumps far above what the tx offers (empty blocks lower it 12.5 % each).
+        await anvil.rpc(rpc_url, "anvil_setNextBlockBaseFeePerGas", [hex(100 * max_fee)])
+        await mine(rpc_url, 2)
+        await ticks.wait(3)
+        assert relayer.gauges()["relay_replaced"] == 0  # two blocks: not yet
+        await mine(rpc_url, 1)
+        await until(lambda: relayer.gauges()["relay_replaced"] == 1, "one replacement")
+        gauges = relayer.gauges()
+        assert gauges["relay_replaced_underpriced"] == 1, str(gauges)
+        assert gauges["relay_replaced_dropped"] == gauges["relay_replaced_stalled"] == 0
+        first, replacement = relayer.accounts[0].pending[0].hashes
+        assert first == tx_hash and replacement != tx_hash
+        await mine(rpc_url, 1)
+        # The flow's confirm finds the permission under the replacement, with raw requests only.
+        client = chain.make_web3(rpc_url, timeout_s=10)  # the flow's own, as in a run
+        permissions = chain.contract(client, PERMISSIONS, contracts[PERMISSIONS])
+        sent = count_methods(client)
+        try:
+            done = await chain.wait_permission(permissions, tx_hash, user, nonce, 10, 0.02, 0.05)
+        finally:
+            await chain.close_web3(client)
+        assert (done.permission_id, done.tx_hash, done.receipt["status"]) == (1, replacement, 1)
+        assert set(sent) <= {
+            "eth_getTransactionReceipt",
+            "eth_call",
+            "eth_blockNumber",
+            "eth_getLogs",
+        }
+        await until(lambda: relayer.gauges()["confirmed"] == 1, "confirmed")
+        assert relayer._in_flight == {}
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)
+
+
+def count_methods(w3) -> list[str]:
+    """The JSON-RPC methods `w3` sends from now on (a list that fills as they go)."""
+    sent: list[str] = []
+    provider = w3.provider
+    original = provider._make_request
+
+    async def counting(method, request_data):
+        sent.append(str(method))
+        return await original(method, request_data)
+
+    provider._make_request = counting
+    return sent
+
+
+async def test_a_dropped_tx_is_sent_again_at_most_max_replacements_times(private_chain):
+    # Each send is dropped from the pool again: replacements back off (1, 2, 4 blocks) and stop
+    # at the cap, while blocks keep coming.
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    relayer = stuck_relayer(
+        w3, contracts, anvil.dev_key(8), stuck_after_blocks=1, max_replacements=2
+    )
+    ticks = Ticks(relayer)
+    try:
+        await relayer.start()
+        await anvil.rpc(rpc_url, "evm_setAutomine", [False])
+        await relay_seen(relayer, contracts, ticks)
+        pending = relayer.accounts[0].pending[0]
+
+        async def drop_and_mine(blocks: int) -> None:
+            await anvil.rpc(rpc_url, "anvil_dropAllTransactions")
+            await mine(rpc_url, blocks)
+            await ticks.wait(3)
+
+        await drop_and_mine(1)
+        assert relayer.gauges()["relay_replaced_dropped"] == 1 and len(pending.hashes) == 2
+        await until(lambda: pending.seen_block is not None, "the replacement seen")
+        await drop_and_mine(1)  # the second replacement waits for 2 blocks
+        assert relayer.gauges()["relay_replaced"] == 1
+        await drop_and_mine(1)
+        assert relayer.gauges()["relay_replaced_dropped"] == 2
+        await until(lambda: pending.seen_block is not None, "the replacement seen")
+        await drop_and_mine(10)  # capped: no third replacement however many blocks pass
+        gauges = relayer.gauges()
+        assert (gauges["relay_replaced"], gauges["relay_replace_capped"]) == (2, 1)
+        assert len(pending.hashes) == 3
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)
+
+
+async def test_a_lost_tx_does_not_leave_its_user_refused(private_chain):
+    # The pool drops A's tx; the next send takes A's relayer nonce again (the chain's pending
+    # count says it is free). A's message is then not in flight: relaying it again must work,
+    # where a stale in-flight entry answered 409 until a restart.
+    rpc_url, contracts = private_chain
+    w3 = chain.make_web3(rpc_url, timeout_s=10)
+    relayer = Relayer(w3, contracts[PERMISSIONS], [anvil.dev_key(9)], confirm_poll_s=0.02)
+    try:
+        await relayer.start()
+        await anvil.rpc(rpc_url, "evm_setAutomine", [False])
+        a = bare_permission(contracts, new_key(), 0)
+        await relayer.relay(*a)
+        await anvil.rpc(rpc_url, "anvil_dropAllTransactions")
+        await relayer.accounts[0].nonces.resync()  # as after any failed send
+        await relayer.relay(*bare_permission(contracts, new_key(), 0))
+        assert relayer.gauges()["relay_displaced"] == 1
+        again = await relayer.relay(*a)
+        await mine(rpc_url, 1)
+        assert (await chain.wait_receipt(w3, again, 10, 0.02))["status"] == 1
+        await until(lambda: relayer.gauges()["confirmed"] == 2, "both confirmed")
+        assert relayer._in_flight == {} and relayer.gauges()["relayer_pending"] == 0
+    finally:
+        await relayer.close()
+        await chain.close_web3(w3)
+
+
+async def test_a_tx_behind_full_blocks_waits_its_turn_and_one_with_room_is_stalled():
+    # The node's answers, faked: the tx is in the pool (pending count past it) and priced to
+    # mine; whether it was passed over for lack of room decides between waiting and replacing.
+    from web3 import AsyncWeb3
+
+    from workbench.stack.relayer import PendingTx
+
+    sent: list[bytes] = []
+
+    class Eth:
+        async def get_transaction_count(self, address, block):
+            return 8  # nonce 7 is in the pool
+
+        async def send_raw_transaction(self, raw):
+            sent.append(raw)
+
+    class Provider:
+        gas_used = 0
+
+        async def make_request(self, method, params):
+            assert method == "eth_getBlockByNumber"
+            block = {"baseFeePerGas": hex(10**9), "gasLimit": hex(30_000_000)}
+            return {"result": {**block, "gasUsed": hex(self.gas_used)}}
+
+    fake = type("W3", (), {"eth": Eth(), "provider": Provider()})()
+    relayer = Relayer(AsyncWeb3(), "0x" + "11" * 20, [anvil.dev_key(3)])
+    relayer.w3 = fake
+    acct = relayer.accounts[0]
+    tx = {
+        "to": "0x" + "11" * 20,
+        "data": "0x",
+        "value": 0,
+        "gas": 1_500_000,
+        "chainId": anvil.CHAIN_ID,
+        "maxFeePerGas": 3 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": 7,
+    }
+    pending = acct.pending[7] = PendingTx(7, tx, ["0xaa"], ("0xuser", 0), seen_block=100)
+    Provider.gas_used = 29_000_000  # no room for 1.5 M more
+    await relayer._replace_stuck(acct, pending)
+    assert (relayer.waited_full_blocks, relayer.replaced, sent) == (1, 0, [])
+    assert pending.replacements == 0 and pending.seen_block is None  # counted again from here
+    Provider.gas_used = 1_000_000  # room, yet it was passed over
+    await relayer._replace_stuck(acct, pending)
+    assert relayer.replaced_by["stalled"] == 1 and len(sent) == 1 and len(pending.hashes) == 2
+    assert pending.tx["maxFeePerGas"] > tx["maxFeePerGas"]

@@ -9,8 +9,6 @@ from contextlib import asynccontextmanager
 import pytest
 from eth_account import Account
 
-from workbench.errors import WorkbenchError
-from workbench.stack import anvil as anvil_module
 from workbench.stack.anvil import (
     DEV_MNEMONIC,
     dev_address,
@@ -56,12 +54,6 @@ def test_dev_keys_follow_the_default_mnemonic() -> None:
         assert dev_key(index) == "0x" + expected.key.hex().removeprefix("0x")
         assert dev_address(index) == expected.address
     assert dev_address(0) == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # anvil's account 0
-
-
-def test_missing_anvil_says_run_make_setup(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(anvil_module, "ANVIL_BINARY", tmp_path / "anvil")
-    with pytest.raises(WorkbenchError, match="make setup"):
-        anvil_module.anvil_binary()
 
 
 @pytest.mark.e2e
@@ -192,3 +184,29 @@ def test_decode_permission_added_refuses_reverted_and_unrelated_receipts() -> No
         decode_permission_added(reverted)
     with pytest.raises(ValueError, match="PermissionAdded"):
         decode_permission_added({"status": 1, "transactionHash": b"\x02" * 32, "logs": []})
+
+
+@pytest.mark.e2e
+async def test_wait_permission_backs_off_while_nothing_is_mined(w3, deployed) -> None:
+    # A hash that never mines: polls start at poll_s and grow x1.25, so 2 s at 0.02 s make ~14
+    # receipt requests where a fixed interval made 100 (a congested node's main load at scale).
+    from workbench.vana import chain
+
+    permissions = chain.contract(w3, "DataPortabilityPermissions", deployed[PERMISSIONS])
+    sent: list[str] = []
+    original = w3.provider._make_request
+
+    async def counting(method, request_data):
+        sent.append(str(method))
+        return await original(method, request_data)
+
+    w3.provider._make_request = counting
+    user = Account.create().address
+    with pytest.raises(ReceiptTimeout):
+        await chain.wait_permission(permissions, "0x" + "ab" * 32, user, 0, 2.0, 0.02, 0.5)
+    receipts = sent.count("eth_getTransactionReceipt")
+    assert 5 <= receipts <= 30, receipts
+    assert set(sent) == {"eth_getTransactionReceipt", "eth_call"}  # userNonce: never moved
+
+
+PERMISSIONS = "DataPortabilityPermissions"

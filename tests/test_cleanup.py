@@ -110,8 +110,6 @@ def test_cleanup_needs_a_results_dir(tmp_path):
 
 
 def test_uploads_of_a_flow_cut_short_still_count():
-    from workbench.driver.cleanup import stored_objects
-
     events = [  # a killed flow: its upload step happened, its outcome never came
         {"kind": "step", "step": "upload_file", "stored": [{"cid": "bafyA", "bytes": 10}]},
         {"kind": "flow", "stored": [{"cid": "bafyB", "bytes": 20}, {"cid": "bafyA", "bytes": 10}]},

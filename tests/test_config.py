@@ -29,6 +29,8 @@ NOTEBOOK_DEFAULTS = dict(
     output_dir="outputs",
     fail_on_criteria=False,
     seed=0,
+    relay="app",
+    client="tight",
 )
 
 
@@ -119,6 +121,10 @@ BAD_VALUES = [
     ("run_id", 7),
     ("inference_prompt", ""),
     ("inference_prompt", "x" * 5000),
+    ("relay", "gasless"),
+    ("relay", None),
+    ("client", "viem"),
+    ("client", 3),
     ("workers", -1),
     ("workers", 65),
     ("workers", 1.5),
@@ -325,7 +331,16 @@ def test_missing_params_file(tmp_path):
     ("name", "expect"),
     [
         ("run-smoke.yaml", {"users": 5, "profile": "fast", "shape": "burst"}),
-        ("run-ms03.yaml", {"users": 25, "profile": "moksha", "shape": "staggered"}),
+        (
+            "run-ms03.yaml",
+            {
+                "users": 25,
+                "shape": "hold",
+                "duration_s": 300,
+                "data_size": "mixed",
+                "client": "upstream",
+            },
+        ),
         ("rampup.yaml", {"shape": "steps", "steps": (10, 20, 30, 40, 50)}),
     ],
 )
@@ -340,6 +355,18 @@ def test_cli_fixes_use_flags_and_ignore_unset_options(ok):
     assert info.value.fix == "pass --duration-s 0"
     cfg = RunConfig.from_cli({**ok, "users": 4, "shape": None, "func": print})
     assert (cfg.users, cfg.shape) == (4, "staggered")
+
+
+def test_relay_and_client_from_the_cli_name_their_flags(ok):
+    cfg = RunConfig.from_cli({**ok, "relay": "direct", "client": "sdk"})
+    assert (cfg.relay, cfg.client) == ("direct", "sdk")
+    assert cfg.to_dict()["relay"] == "direct" and cfg.to_dict()["client"] == "sdk"
+    with pytest.raises(WorkbenchError) as info:
+        RunConfig.from_cli({**ok, "client": "sdkk"})
+    assert info.value.field == "client" and info.value.fix == "pass --client sdk"
+    with pytest.raises(WorkbenchError) as info:
+        RunConfig.from_cli({**ok, "relay": "self"})
+    assert "app, direct" in info.value.problem
 
 
 def test_cli_over_a_params_file(ok, tmp_path):

@@ -39,9 +39,10 @@ from workbench.driver.flow import (
 from workbench.driver.runner import run
 from workbench.errors import WorkbenchError
 from workbench.events import read_events
-from workbench.stack.anvil import CHAIN_ID
+from workbench.stack.anvil import CHAIN_ID, dev_address
 from workbench.stack.components import ComponentStartError, start_component, stop_component
 from workbench.stack.inference import FaultyBackend, InferenceError, SimulatedLLM
+from workbench.stack.operations import OperationStore
 from workbench.stack.storage import cid_for
 from workbench.vana.target import CONTRACT_NAMES, Endpoints
 
@@ -320,6 +321,67 @@ async def test_hung_inference_times_out_and_a_full_queue_answers_503(chain_stack
     assert gauges["rejected"] == 1
     assert gauges["injected_timeouts"] >= 2 and gauges["timed_out"] >= 2
     assert gauges["failed"] >= 2
+
+
+# --- the personal server killed and restarted: its operations live in SQLite ---------------------
+
+
+async def test_operations_survive_a_kill_and_restart_of_the_personal_server(
+    chain_stack, w3, tmp_path
+):
+    """kill -9 with one operation done, one running and two queued; the restarted server (same
+    port, same data_dir) still answers the done one, resumes the rest to `succeeded` under their
+    ids, and ends an operation it cannot resume as `failed` with the reason."""
+    config = {
+        **chain_stack["config"],
+        "inference": {"backend": "simulated", "latency_s": [0.5, 0.5], "workers": 1},
+        "data_dir": str(tmp_path / "personal"),
+    }
+
+    def start(port: int = 0) -> tuple[Any, str]:
+        return start_component(
+            "workbench.stack.personal_server",
+            {**config, "port": port},
+            {"server_seed": SEED.hex()},
+            log_path=tmp_path / "personal.log",
+        )
+
+    proc, url = start()
+    stack = {**chain_stack, "url": url}
+    try:
+        async with aiohttp.ClientSession() as s:
+            pids = [await grant(w3, s, stack) for _ in range(4)]
+            _, done = await post_json(s, f"{url}/operations", signed_request(pids[0]))
+            before = await wait_finished(s, url, done["id"])
+            ids = []
+            for pid in pids[1:]:
+                status, op = await post_json(s, f"{url}/operations", signed_request(pid))
+                assert status == 202
+                ids.append(op["id"])
+            await poll_operation(s, url, ids[0], lambda status: status == "processing")
+            proc.kill()  # SIGKILL: no cleanup, nothing flushed on the way out
+            proc.wait()
+            # A row the old process left whose permission does not exist: it cannot be resumed.
+            OperationStore(config["data_dir"], keep_finished=100).add(
+                "ghost", 10**9, dev_address(1), "processing", time.time()
+            )
+            proc, again = start(port=int(url.rsplit(":", 1)[1]))
+            assert again == url
+            _, after = await get_json(s, f"{url}/operations/{done['id']}")
+            resumed = [await wait_finished(s, url, op_id) for op_id in ids]
+            ghost = await wait_finished(s, url, "ghost")
+            # A client retrying its submit after the restart gets the same operation.
+            status, retried = await post_json(s, f"{url}/operations", signed_request(pids[3]))
+            _, gauges = await get_json(s, f"{url}/metrics")
+    finally:
+        stop_component(proc)
+    assert before["status"] == "succeeded" and after == before
+    assert [op["status"] for op in resumed] == ["succeeded"] * 3, resumed
+    assert all(op["result"]["files"][0]["json_keys"] == 1 for op in resumed)  # really decrypted
+    assert status == 202 and retried["id"] == ids[2]
+    assert ghost["status"] == "failed"
+    assert "could not resume" in ghost["error"] and "no permission" in ghost["error"]
+    assert (gauges["resumed"], gauges["resume_failed"]) == (3, 1)
 
 
 # --- whole runs on the fast profile -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,8 @@ from workbench.params import PROJECT_ROOT, load_profile
 from workbench.stack import anvil
 from workbench.stack.components import ComponentStartError
 from workbench.stack.local import COMPONENTS, LocalStack
-from workbench.vana import chain
+from workbench.vana import chain, permission
+from workbench.vana.network import MOKSHA_CHAIN_ID, SDK_CONTRACTS
 
 pytestmark = pytest.mark.e2e
 ENDPOINT_KEYS = {
@@ -156,8 +158,21 @@ async def test_sync_start_inside_a_running_loop_and_async_context():
 @pytest.fixture
 def cli_stack() -> Iterator[tuple[subprocess.Popen, dict]]:
     """The CLI in its own process, and the one JSON line it printed."""
+    with running_cli_stack() as started:
+        yield started
+
+
+@pytest.fixture
+def vana_cli_stack() -> Iterator[tuple[subprocess.Popen, dict]]:
+    """The same in Vana-address mode."""
+    with running_cli_stack("--vana-addresses") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_cli_stack(*extra: str) -> Iterator[tuple[subprocess.Popen, dict]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "stack", "up", "--profile", "fast", "--json"],
+        [sys.executable, "-m", "workbench", "stack", "up", "--profile", "fast", "--json", *extra],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -215,6 +230,43 @@ def test_cli_json_line_and_a_viem_client_relays(cli_stack):
     assert proc.wait(timeout=30) == 0
     assert proc.stdout.read() == b""  # still one line only
     assert wait_gone(pids, 5) == []
+
+
+def test_vana_address_mode_has_moksha_chain_id_and_the_sdk_addresses(vana_cli_stack):
+    proc, endpoints = vana_cli_stack
+    assert endpoints["chain_id"] == MOKSHA_CHAIN_ID
+    assert endpoints["contracts"] == SDK_CONTRACTS
+
+    async def domain() -> tuple:
+        w3 = chain.make_web3(endpoints["rpc_url"], timeout_s=10)
+        try:
+            permissions = chain.contract(
+                w3, "DataPortabilityPermissions", SDK_CONTRACTS["DataPortabilityPermissions"]
+            )
+            return await asyncio.gather(
+                w3.eth.chain_id,
+                permissions.functions.eip712Domain().call(),
+                chain.contract(
+                    w3, "DataPortabilityGrantees", SDK_CONTRACTS["DataPortabilityGrantees"]
+                )
+                .functions.grantees(1)
+                .call(),
+            )
+        finally:
+            await chain.close_web3(w3)
+
+    chain_id, fields, grantee = asyncio.run(domain())
+    assert chain_id == MOKSHA_CHAIN_ID
+    assert tuple(fields[1:5]) == (
+        permission.DOMAIN_NAME,
+        permission.DOMAIN_VERSION,
+        MOKSHA_CHAIN_ID,
+        SDK_CONTRACTS["DataPortabilityPermissions"],
+    )
+    assert grantee[1] == anvil.dev_address(1)
+    # A client signing Moksha's domain gets its permission relayed and mined.
+    result = run_node("stack_client.mjs", endpoints, timeout_s=60)
+    assert result.get("status") == "success", result
 
 
 def test_kill_9_of_the_owner_leaves_no_stack_process(cli_stack):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import nbformat
 import papermill as pm
@@ -29,7 +31,7 @@ def _execute(tmp_path, notebook, **params):
 
 
 def _outputs_text(nb) -> str:
-    return json.dumps([c.get("outputs", []) for c in nb.cells])
+    return json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
 
 
 def test_run_notebook_five_users_fast_writes_a_judged_results_dir(tmp_path):
@@ -41,8 +43,13 @@ def test_run_notebook_five_users_fast_writes_a_judged_results_dir(tmp_path):
         shape="burst",
         output_dir=str(tmp_path),
         run_id="nb-e2e",
+        flow_timeout_s=120,  # RunConfig fields the notebook once ignored
+        max_connections=50,
     )
     results = tmp_path / "nb-e2e"
+    config = json.loads((results / "config.json").read_text())
+    assert (config["flow_timeout_s"], config["max_connections"]) == (120, 50)
+    assert {"web3", "aiohttp", "numpy", "eth-account", "yarl"} <= set(config["versions"])
     summary = json.loads((results / "summary.json").read_text())
     assert summary["users"] == 5 and summary["flows_total"] == 5
     assert summary["flows_ok"] == 5, summary["error_classes"]
@@ -54,6 +61,8 @@ def test_run_notebook_five_users_fast_writes_a_judged_results_dir(tmp_path):
     assert summary["verdict"] in html and '<script src="http' not in html
     text = _outputs_text(nb)
     assert "Flow completed" in text and summary["verdict"] in text
+    passed = summary["verdict"] == "PASSED"
+    assert ("🚀 Ready to proceed to Milestone 4: Load Pattern Testing" in text) == passed
     # Nothing key-shaped in what the notebook shows except public tx hashes.
     hashes = {e.get("tx_hash") for e in flows if e.get("tx_hash")}
     assert set(KEY_SHAPED.findall(text)) <= hashes
@@ -91,6 +100,23 @@ def test_a_bad_parameter_fails_before_anything_starts(tmp_path):
             run_id="nb-bad",
         )
     assert not (tmp_path / "nb-bad").exists()
+
+
+def test_plain_papermill_fails_on_an_unknown_parameter_naming_it(tmp_path):
+    # papermill itself only warns "Passed unknown parameter"; the notebook refuses it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", "notebooks/run.ipynb", str(tmp_path / "out.ipynb")]
+        + ["-p", "no_such_param", "1", "-p", "output_dir", str(tmp_path), "-p", "run_id", "x"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "no_such_param: not a parameter of this notebook" in output
+    assert "rate_per_s" in output  # the list of valid ones
+    assert not (tmp_path / "x").exists()  # refused before anything started
 
 
 def test_rampup_notebook_renders_its_capacity_curve(tmp_path):

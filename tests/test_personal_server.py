@@ -16,6 +16,7 @@ from eth_utils import keccak, to_checksum_address
 
 from workbench.stack.anvil import CHAIN_ID, dev_address, dev_key
 from workbench.stack.components import start_component, stop_component
+from workbench.stack.personal_server import ApiError, Operation, PersonalServer
 from workbench.vana import chain, crypto, permission
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -296,56 +297,52 @@ async def test_full_queue_answers_503_and_stop_cancels(stack, w3, tmp_path):
 
 
 def _bare_server(**config):
-    from workbench.stack.personal_server import PersonalServer
-
     return PersonalServer({"rpc_url": "http://127.0.0.1:9", "storage_url": "x", **config}, SEED)
 
 
-def test_finished_operations_are_retired_beyond_keep_finished():
-    # A long run must not keep every operation (and its result) in memory until the server stops.
+def test_finished_operations_are_retired_beyond_keep_finished(tmp_path):
+    # A long run must not keep every operation (and its result) until the server stops.
+    from workbench.stack.operations import OperationStore
     from workbench.stack.personal_server import Operation
 
-    server = _bare_server(keep_finished=3)
-    ops = [Operation(f"op{i}", i + 1, "0xg", "p", {}, [b"x"]) for i in range(5)]
-    for op in ops:
-        server.ops[op.id], server.by_permission[op.permission_id] = op, op
-        server._finish(op, "succeeded", result={"ok": True})
-    assert list(server.ops) == ["op2", "op3", "op4"]
-    assert sorted(server.by_permission) == [3, 4, 5]
+    server = _bare_server(keep_finished=3, data_dir=str(tmp_path))
+
+    def add(op_id: str, permission_id: int) -> Operation:
+        op = Operation(op_id, permission_id, "0xg", "p", {}, [b"x"])
+        server.store.add(op.id, op.permission_id, op.grantee, op.status, op.created_at)
+        return op
+
+    for i in range(5):
+        server._finish(add(f"op{i}", i + 1), "succeeded", result={"ok": i})
+    kept = [i for i in range(5) if server.store.get(f"op{i}") is not None]
+    assert kept == [2, 3, 4]
+    assert server.store.latest_for(1) is None and server.store.latest_for(5).result == {"ok": 4}
     assert server.done == 5  # the gauges still count every operation
-    # A retired failed operation leaves the permission's newer operation in place.
-    retry = Operation("op5", 3, "0xg", "p", {}, None)
-    server.ops[retry.id], server.by_permission[3] = retry, retry
+    # A retired failed operation leaves the permission's newer, unfinished one in place.
+    add("op5", 3)
     for i in range(6, 9):
-        extra = Operation(f"op{i}", 100 + i, "0xg", "p", {}, None)
-        server.ops[extra.id] = extra
-        server._finish(extra, "failed", error="x")
-    assert server.by_permission[3] is retry and "op5" in server.ops
+        server._finish(add(f"op{i}", 100 + i), "failed", error="x")
+    assert server.store.latest_for(3).id == "op5" and server.store.get("op2") is None
+    # The database is a file: another process (a restarted server) reads the same rows.
+    again = OperationStore(tmp_path, keep_finished=3)
+    assert [op.id for op in again.unfinished()] == ["op5"]
+    assert again.get("op8").status == "failed" and again.get("op8").error == "x"
 
 
 async def test_revocation_check_rpc_failure_is_502_not_500():
     # `permissions()` answered, then the block number read failed: a downstream fault (502).
-    from workbench.stack.personal_server import ApiError
-
     server = _bare_server()
 
-    class Read:
-        def __init__(self, value):
-            self.value = value
-
-        async def call(self):
-            return self.value
-
-    class Functions:
-        def permissions(self, pid):
-            return Read((pid, "0xuser", 0, 1, "ipfs://g", 1, 5, [1]))
+    async def permissions(contract, function, pid):
+        assert function == "permissions"
+        return (pid, "0xuser", 0, 1, "ipfs://g", 1, 5, [1])  # ends at block 5: check the head
 
     class Eth:
         @property
         async def block_number(self):
             raise chain.RpcUnavailable("eth_blockNumber: 5 attempts failed")
 
-    server.permissions = type("C", (), {"functions": Functions()})()
+    server.permissions, server._call = object(), permissions
     server.w3 = type("W", (), {"eth": Eth()})()
     with pytest.raises(ApiError) as caught:
         await server._permission(7)

@@ -147,3 +147,15 @@ def test_save_all_is_deterministic(run, tmp_path):
     a = plots.save_all(results, summary, summary["criteria"], tmp_path / "a")
     b = plots.save_all(results, summary, summary["criteria"], tmp_path / "b")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_relayer_replacements_have_their_own_label_on_the_gauge_panel(run):
+    results, summary = run
+    t = results.samples["t"].unique()[:3]
+    extra = pd.DataFrame(
+        {"t": t, "wall": 0.0, "component": "api", "pid": 104, "metric": "relay_replaced"}
+    ).assign(value=[0.0, 2.0, 5.0])
+    samples = pd.concat([results.samples, extra], ignore_index=True)
+    fig = plots.resources(dataclasses.replace(results, samples=samples), summary["criteria"])
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts]
+    assert "relayer replacements (total)" in labels

@@ -128,6 +128,7 @@ def test_passing_run(tmp_path):
     path = _passing_dir(tmp_path)
     html = report.render(path).read_text(encoding="utf-8")
     assert 'wb-badge-passed">PASSED' in html and "🎉 Milestone 3 PASSED!" in html
+    assert "🚀 Ready to proceed to Milestone 4: Load Pattern Testing" in html
     assert "No faults were injected" in html and "no errors" in html.lower()
 
 
@@ -138,6 +139,7 @@ def test_incomplete_run_is_marked(tmp_path):
     assert summary["complete"] is False and summary["outcome"] == "INCOMPLETE"
     assert summary["verdict"] == "FAILED"  # a killed run cannot pass
     assert 'wb-badge-incomplete">INCOMPLETE' in html and "INCOMPLETE run" in html
+    assert "Ready to proceed" not in html  # only a PASSED verdict leads on
     assert "🎉" not in html
 
 
@@ -229,3 +231,13 @@ def test_cli_renders_again_from_the_dir_alone(tmp_path):
 def test_main_reports_a_bad_dir(tmp_path, capsys):
     assert report_cli.main([str(tmp_path / "nope")]) == 2
     assert "events.jsonl" in capsys.readouterr().err
+
+
+def test_relayer_replacements_are_named_with_their_causes():
+    api = {"relay_replaced": 3.0, "relay_replaced_underpriced": 2.0, "relay_replaced_dropped": 1.0}
+    api |= {"relay_replaced_stalled": 0.0, "relay_replace_capped": 1.0, "relayer_pending": 7.0}
+    text = report._trend_markdown({"gauges": {"api": api}, "tx_total": 1000})
+    assert "Relayer replacements of stuck transactions: **3** (0.3% of 1000 relayed" in text
+    assert "causes: underpriced 2, dropped 1; 1 nonces reached the replacement cap" in text
+    assert "stalled" not in text.split("Gauge peaks")[0]  # a cause that never happened
+    assert "Relayer replacements" not in report._trend_markdown({"gauges": {"personal": {}}})

@@ -8,13 +8,17 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
+import papermill
 import pytest
 
+from workbench.__main__ import parser
 from workbench.analysis import console, results
+from workbench.cli.notebook import notebook_command
 from workbench.driver import runner
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import Wallet
 from workbench.events import read_events
+from workbench.vana.ipfs import IpfsProvider
 
 
 class FakeWallets:
@@ -64,7 +68,9 @@ async def test_an_interrupted_run_cancels_its_flows_before_closing_their_clients
     monkeypatch.setattr(runner.Runner, "_wallets", fake_wallets)
     monkeypatch.setattr(runner.Runner, "_write_config", lambda self, target, ws: None)
     monkeypatch.setattr(runner.Runner, "_sampler", lambda self, target: contextlib.nullcontext())
-    target = SimpleNamespace(kind="local", endpoints=None, pids={})
+    target = SimpleNamespace(
+        kind="local", endpoints=None, pids={}, ipfs=IpfsProvider.kubo("http://127.0.0.1:1")
+    )
     config = RunConfig(
         users=2, profile="fast", shape="staggered", ramp_s=100, output_dir=str(tmp_path)
     )
@@ -83,11 +89,6 @@ async def test_an_interrupted_run_cancels_its_flows_before_closing_their_clients
 def test_notebook_command_keeps_an_output_dir_given_with_p(tmp_path, monkeypatch) -> None:
     """`python -m workbench notebook -p output_dir X` runs into X: the `--output-dir` flag's
     default must not silently override it."""
-    import papermill
-
-    from workbench.__main__ import parser
-    from workbench.cli.notebook import notebook_command
-
     calls: list[dict] = []
     monkeypatch.setattr(
         papermill, "execute_notebook", lambda src, dst, **kw: calls.append({"dst": dst, **kw})
@@ -123,7 +124,9 @@ async def test_a_driver_bug_in_a_user_task_ends_the_run_as_an_error(tmp_path, mo
     monkeypatch.setattr(runner.Runner, "_wallets", fake_wallets)
     monkeypatch.setattr(runner.Runner, "_write_config", lambda self, target, ws: None)
     monkeypatch.setattr(runner.Runner, "_sampler", lambda self, target: contextlib.nullcontext())
-    target = SimpleNamespace(kind="local", endpoints=None, pids={})
+    target = SimpleNamespace(
+        kind="local", endpoints=None, pids={}, ipfs=IpfsProvider.kubo("http://127.0.0.1:1")
+    )
     config = RunConfig(users=2, profile="fast", shape="burst", output_dir=str(tmp_path))
     run = runner.Runner(config, target, progress=False, out=io.StringIO())  # type: ignore[arg-type]
     with pytest.raises(KeyError):

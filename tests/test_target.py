@@ -35,6 +35,7 @@ GOOD: dict[str, Any] = {
     "grantee_id": 7,
 }
 KEY = "0x" + "ab" * 32
+PS_V1 = "https://ps.example.org/api/v1"
 
 
 def write(tmp_path: Path, doc: dict[str, Any], name: str = "t.yaml") -> Path:
@@ -71,7 +72,32 @@ def test_moksha_file_has_public_addresses_and_marked_placeholders():
     target = load_target("moksha")
     assert target.endpoints.chain_id == 14800 and target.endpoints.contracts == MOKSHA
     assert target.rpc_urls == ("https://rpc.moksha.vana.org",)
-    assert set(target.placeholders) == {"api_url", "storage_url", "grantee_id"}
+    assert set(target.placeholders) == {"api_url", "grantee_id"}
+    # As Vana's example apps and the SDK's PinataStorage: a base path, a JWT from the env.
+    assert target.endpoints.personal_server_url == "https://test.server.vana.com/api/v1"
+    ipfs = target.ipfs
+    assert (ipfs.kind, ipfs.add_url) == ("pinata", "https://api.pinata.cloud/pinning/pinFileToIPFS")
+    assert ipfs.gateway("bafy") == "https://gateway.pinata.cloud/ipfs/bafy"
+    assert ipfs.token_env == "PINATA_JWT" and "PINATA_JWT" in json.dumps(target.to_json())
+
+
+def test_storage_providers_and_their_defaults(tmp_path, monkeypatch):
+    kubo = load_target(write(tmp_path, GOOD)).ipfs
+    assert kubo.add_url == "http://127.0.0.1:5001/api/v0/add"
+    assert kubo.gateway("bafk") == "http://127.0.0.1:5001/ipfs/bafk" and kubo.headers() == {}
+    doc = {**GOOD, "gateway_url": "http://127.0.0.1:8080/ipfs/", "personal_server_url": PS_V1}
+    target = load_target(write(tmp_path, doc))
+    assert target.ipfs.gateway("bafk") == "http://127.0.0.1:8080/ipfs/bafk"
+    assert target.endpoints.personal_server_url == PS_V1  # the path is kept
+    pinata = {**GOOD, "storage_kind": "pinata", "storage_token_env": "MY_JWT"}
+    ipfs = load_target(write(tmp_path, pinata)).ipfs
+    monkeypatch.delenv("MY_JWT", raising=False)
+    with pytest.raises(WorkbenchError) as err:
+        ipfs.headers()
+    assert err.value.field == "MY_JWT" and "export MY_JWT=" in err.value.fix
+    monkeypatch.setenv("MY_JWT", "jwt-for-the-test")
+    assert ipfs.headers() == {"Authorization": "Bearer jwt-for-the-test"}
+    assert "jwt-for-the-test" not in json.dumps(ipfs.to_json())
 
 
 @pytest.mark.parametrize(
@@ -88,6 +114,8 @@ def test_moksha_file_has_public_addresses_and_marked_placeholders():
         ({"grantee_id": 0}, "grantee_id", "integer >= 1"),
         ({"storage_kind": "s3"}, "storage_kind", "unknown kind"),
         ({"funder_key_env": "my key"}, "funder_key_env", "environment variable name"),
+        ({"storage_kind": "pinata", "storage_token_env": "a-b"}, "storage_token_env", "variable"),
+        ({"gateway_url": "gateway.example.org"}, "gateway_url", "not an http(s) URL"),
     ],
 )
 def test_mistakes_name_file_key_and_fix(tmp_path, change, key, words):
@@ -179,6 +207,8 @@ def test_preflight_passes_on_the_local_stack(local_stack, tmp_path):
     assert report.ok, report.lines()
     items = {c.item for c in report.checks if c.ok}
     assert {"rpc_urls[0]", "api_url", "personal_server_url", "storage_url", "grantee_id"} <= items
+    assert "gateway_url" in items  # it served the probe the storage just stored
+    assert "unified" in next(c.detail for c in report.checks if c.item == "api_url")
     assert {f"contracts.{n}" for n in CONTRACT_NAMES} <= items
     report.raise_for_problems()  # no-op when ok
 
@@ -223,6 +253,17 @@ def test_every_problem_is_reported_at_once(local_stack, tmp_path):
     text = str(err.value)
     assert "5 preflight check(s) failed" in text and "python -m workbench preflight" in text
     assert all(f"- {item}:" in text for item in problems)
+
+
+@pytest.mark.e2e
+def test_an_api_without_the_unified_relay_protocol_and_a_wrong_gateway_fail(local_stack, tmp_path):
+    ep = local_stack.endpoints
+    # The personal server has /health but no /api/relay: its 404 carries no {type: "error"}.
+    doc = stack_doc(local_stack, api_url=ep.personal_server_url, gateway_url=ep.api_url)
+    report = run_preflight(write(tmp_path, doc))
+    assert [c.item for c in report.problems] == ["api_url", "gateway_url"]
+    assert "unified relayer protocol" in report.problems[0].detail
+    assert "not the probe" in report.problems[1].detail
 
 
 @pytest.mark.e2e
@@ -274,9 +315,6 @@ def test_a_run_that_passes_preflight_goes_on_to_the_wallets(local_stack, tmp_pat
 
 
 def test_a_run_with_a_bad_target_file_fails_before_anything_starts(tmp_path):
-    from workbench.driver.config import RunConfig
-    from workbench.driver.runner import Runner
-
     bad = tmp_path / "t.yaml"
     bad.write_text("name: broken\nchain_id: 5\n")
     config = RunConfig.from_params(users=1, target=str(bad), output_dir=str(tmp_path / "out"))

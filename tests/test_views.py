@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
+from web3.exceptions import ContractLogicError
 
 from workbench.vana import chain
 from workbench.vana import contracts as vana_contracts
@@ -66,8 +67,6 @@ def test_unknown_function_is_refused(local_stack) -> None:
 
 async def test_revert_answered_as_a_bare_string_is_a_contract_logic_error() -> None:
     # Some nodes put a string, not an object, under "error"; that must not become AttributeError.
-    from web3.exceptions import ContractLogicError
-
     class Provider:
         async def make_request(self, method, params):
             return {"jsonrpc": "2.0", "id": 1, "error": "execution reverted"}

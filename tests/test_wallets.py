@@ -10,6 +10,7 @@ import pytest
 from eth_account import Account
 
 from workbench.__main__ import main
+from workbench.cli import wallets as wallets_cli
 from workbench.driver import wallets
 from workbench.errors import WorkbenchError
 from workbench.stack.anvil import dev_key
@@ -125,8 +126,6 @@ def test_cli_without_rpc_url_names_the_flag(tmp_path, capsys):
 
 @pytest.mark.e2e
 async def test_cli_funder_defaults_to_anvil_dev_key_only_on_a_local_chain(w3, monkeypatch):
-    from workbench.cli import wallets as wallets_cli
-
     monkeypatch.delenv(wallets.FUNDER_KEY_ENV, raising=False)
     assert await wallets_cli._funder(w3) == dev_key(0)  # the anvil fixture: chain id 31337
 

@@ -14,7 +14,7 @@ from workbench.errors import WorkbenchError
 def _stack(args: argparse.Namespace) -> int:
     from workbench.cli.stack import stack_up
 
-    return stack_up(args.profile, args.json)
+    return stack_up(args.profile, args.json, args.vana_addresses)
 
 
 def _flow(args: argparse.Namespace) -> int:
@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["up"])
     s.add_argument("--profile", default="fast", help="fast | moksha | path to a profile YAML")
     s.add_argument("--json", action="store_true", help="print one JSON line with the endpoints")
+    s.add_argument(
+        "--vana-addresses",
+        action="store_true",
+        dest="vana_addresses",
+        help="chain id 14800 and the contracts at Vana's SDK addresses (test wallets only)",
+    )
     s.set_defaults(func=_stack)
 
     f = sub.add_parser("flow", help="run one timed flow on a fresh local stack")
@@ -104,6 +110,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", dest="output_dir")
     r.add_argument("--seed", type=int)
     r.add_argument(
+        "--relay", help="app (gasless via the app's /api/relay) | direct (user's own tx)"
+    )
+    r.add_argument("--client", help="client timing preset: tight | sdk | upstream")
+    r.add_argument(
         "--workers", type=int, help="0: in this process (default); N: a local Dask cluster of N"
     )
     r.add_argument("--scheduler", help="an existing Dask cluster: tcp://host:8786")
@@ -123,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("--output-dir", dest="output_dir", help="default outputs (or -p output_dir)")
     nb.add_argument(
         "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
+    )
+    nb.add_argument(
+        "-f", "--params", help="a params YAML (params/run-*.yaml), as papermill -f; -p overrides it"
     )
     nb.set_defaults(func=_notebook)
 

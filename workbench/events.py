@@ -114,6 +114,8 @@ class RunMark(TypedDict):
     run_id: str
     users: NotRequired[int]  # start
     shape: NotRequired[str]  # start
+    relay: NotRequired[str]  # start: app | direct
+    client: NotRequired[str]  # start: the client timing preset
     workers: NotRequired[int]  # start, on Dask: how many workers run the flows
     reason: NotRequired[str]  # end: completed | interrupted | error: <type>; dropped: why
     flows: NotRequired[int]  # end: flows that finished
@@ -263,7 +265,7 @@ class EventWriter:
     def __init__(self, path: str | Path, secrets: Iterable[str] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
         self._redactor = Redactor([*env_secrets(), *secrets])
         self.count = 0

@@ -46,7 +46,7 @@ def success_shift(ok_a: int, n_a: int, ok_b: int, n_b: int) -> dict[str, Any]:
     """Fisher's exact test on the two runs' ok / failed counts."""
     if n_a == 0 or n_b == 0:
         return {"rate_a": None, "rate_b": None, "p_value": None}
-    table = [[ok_a, n_a - ok_a], [ok_b, n_b - ok_b]]
+    table = np.array([[ok_a, n_a - ok_a], [ok_b, n_b - ok_b]])
     return {
         "rate_a": ok_a / n_a,
         "rate_b": ok_b / n_b,

@@ -107,7 +107,7 @@ def _setup_lines(results: Results, summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def user_line(flow: Mapping[str, Any]) -> str:
+def user_line(flow: Mapping[str, Any] | pd.Series) -> str:
     """`[User 03] ✅ Flow completed in 43.8s` / `[User 07] ❌ Flow failed at relay (nonce) after
     …`, from a flow event or a row of `Results.flows`."""
     who = f"[User {int(flow['user']) + 1:02d}]"
@@ -225,5 +225,6 @@ def _verdict_lines(s: Mapping[str, Any]) -> list[str]:
             f"   judged on the data it left, the verdict is {s['verdict']}.",
         ]
     if s["verdict"] == "PASSED":
-        return [f"🎉 {head} PASSED! {tail.strip() or 'Validation'} successful."]
+        ready = [f"🚀 Ready to proceed to {s['criteria_next']}"] if s.get("criteria_next") else []
+        return [f"🎉 {head} PASSED! {tail.strip() or 'Validation'} successful.", *ready]
     return [f"❌ {head} FAILED: {', '.join(failed) or 'see the criteria table'}."]

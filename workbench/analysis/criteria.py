@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ class Criteria:
     path: Path
     rows: tuple[Criterion, ...]
     title: str = ""
+    next: str = ""  # what a PASSED run leads to (the seed's "Ready to proceed to ...")
     saturation: Thresholds = Thresholds()  # the driver's self-check (`driver_saturation:`)
 
     def __iter__(self) -> Iterator[Criterion]:
@@ -96,14 +97,9 @@ def load_criteria(name_or_path: str | Path = DEFAULT_CRITERIA) -> Criteria:
             raise WorkbenchError(_field(shown, i, row.id, "id"), "is used twice", "make ids unique")
         seen.add(row.id)
     name = str(doc.get("name") or path.stem)
+    title, next_ = str(doc.get("title") or name), str(doc.get("next") or "")
     saturation = Thresholds.from_mapping(doc.get("driver_saturation"), shown)
-    return Criteria(
-        name=name,
-        path=path,
-        rows=rows,
-        title=str(doc.get("title") or name),
-        saturation=saturation,
-    )
+    return Criteria(name=name, path=path, rows=rows, title=title, next=next_, saturation=saturation)
 
 
 def _field(shown: str, i: int, row_id: Any, key: str) -> str:
@@ -222,7 +218,7 @@ def evaluate(criteria: Criteria, summary: Mapping[str, Any]) -> list[dict[str, A
     return rows
 
 
-def verdict(rows: list[Mapping[str, Any]], complete: bool = True) -> str:
+def verdict(rows: Sequence[Mapping[str, Any]], complete: bool = True) -> str:
     """PASSED iff no row FAILs and the run completed (a killed run proves nothing)."""
     ok = complete and all(row["status"] != "FAIL" for row in rows)
     return "PASSED" if ok else "FAILED"

@@ -96,11 +96,16 @@ def latency_histogram(
         return _empty(fig, title, "no completed flows")
     ax = fig.subplots()
     pcts = {p: _percentile(x, summary, p) for p in ("p50", "p95", "p99")}
-    mean = summary.get("avg_s") if summary else float(x.mean())
+    mean = (summary or {}).get("avg_s")
+    mean = float(x.mean()) if mean is None else float(mean)
     counts, _, _ = ax.hist(
-        x, bins=_bins(x), color="#aec7e8", edgecolor="white", label=f"ok flows (n={x.size})"
+        x,
+        bins=_bins(x),  # type: ignore[arg-type]  # matplotlib's stub omits arrays, which hist takes
+        color="#aec7e8",
+        edgecolor="white",
+        label=f"ok flows (n={x.size})",
     )
-    ax.set_ylim(0, counts.max() * 1.4)  # headroom so the line labels sit above the bars
+    ax.set_ylim(0, np.max(counts) * 1.4)  # headroom so the line labels sit above the bars
     trans = blended_transform_factory(ax.transData, ax.transAxes)
     for i, (name, value) in enumerate(pcts.items()):
         ax.axvline(value, color=PCT_COLORS[name], lw=2, gid=name, label=f"{name} {secs(value)}")
@@ -129,7 +134,7 @@ def latency_histogram(
             color="#555555",
             bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"},
         )
-    drawn = [line.get_xdata()[0] for line in ax.lines]
+    drawn = [float(np.ravel(line.get_xdata())[0]) for line in ax.lines]
     ax.set_xlim(0, max(x.max() * 1.05, max(drawn) * 1.1))
     ax.set_xlabel("flow duration (s), successful flows")
     ax.set_ylabel("flows")
@@ -362,13 +367,19 @@ def _rate_kb_s(cumulative: pd.Series) -> pd.Series:
     return pd.Series(dv / np.where(dt > 0, dt, np.nan) / 1024, index=cumulative.index[1:])
 
 
+# Gauges that count events since the process started, labelled as totals on the queue panel.
+GAUGE_LABELS = {"relay_replaced": "relayer replacements (total)"}
+
+
 def _gauge_panel(ax, samples: pd.DataFrame) -> None:
-    """The stack's queue gauges (inference queue, relayer pending, txpool) on one panel."""
-    wanted = {"queue_depth", "relayer_pending", "txpool_pending", "in_flight"}
+    """The stack's queue gauges (inference queue, relayer pending, txpool) on one panel, with
+    the relayer's stuck-transaction replacements (a storm of them shows as a steep line)."""
+    wanted = {"queue_depth", "relayer_pending", "txpool_pending", "in_flight", *GAUGE_LABELS}
     g = samples[samples["metric"].isin(wanted)]
     for (comp, metric), s in g.groupby(["component", "metric"]):
         series = s.groupby("t")["value"].sum()
-        ax.plot(series.index, series.to_numpy(), lw=1, label=f"{comp} {metric}")
+        label = GAUGE_LABELS.get(str(metric), f"{comp} {metric}")
+        ax.plot(series.index, series.to_numpy(), lw=1, label=label)
     ax.set_title("stack queues (gauges)", fontsize=9, loc="left")
     if g.empty:
         ax.text(0.5, 0.5, "no gauges sampled", transform=ax.transAxes, ha="center", color="#777")
@@ -431,7 +442,7 @@ def errors(results: Results) -> Figure:
     by_class, by_step = fig.subplots(1, 2)
     classes = bad.groupby(bad["error_class"].fillna("unknown").astype(str))
     counts = classes.size().sort_values()
-    steps_of = classes["failed_step"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else None)
+    steps_of = classes["failed_step"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else "")
     labels = [f"{c} -> {fault_component(c, steps_of.get(c))}" for c in counts.index]
     colors = [CANCEL_COLOR if c == "cancelled" else FAIL_COLOR for c in counts.index]
     by_class.bar_label(by_class.barh(labels, counts.to_numpy(), color=colors), padding=3)
@@ -464,8 +475,10 @@ def capacity_curve(results: Results | pd.DataFrame, knee: int | None = None) -> 
 
     Takes a Results, or a curve already computed by `stats.capacity_curve` (with its knee;
     computed here when None)."""
-    is_curve = isinstance(results, pd.DataFrame) and "throughput_per_min" in results
-    curve = results if is_curve else stats.capacity_curve(results)
+    if isinstance(results, pd.DataFrame) and "throughput_per_min" in results:
+        curve = results
+    else:
+        curve = stats.capacity_curve(results)
     fig = _figure(9, 4.8)
     title = "Capacity curve"
     if curve.empty:

@@ -171,6 +171,8 @@ def build_notebook(
         cells.append(_md(_incomplete_note(summary)))
     if summary.get("driver_saturated"):
         cells.append(_html(html.saturation_banner_html(summary)))
+    if summary.get("client_timeouts"):
+        cells.append(_md(_client_timeout_note(summary)))
     console = console_text(results.path, results, summary)
     cells.append(_md(f"## Run output\n\n```text\n{console}\n```"))
     cells.append(_md("## Criteria" + (f"\n\n{criteria_note}" if criteria_note else "")))
@@ -265,6 +267,17 @@ def _workers_markdown(s: Mapping[str, Any]) -> str:
     )
 
 
+def _client_timeout_note(s: Mapping[str, Any]) -> str:
+    """Flows the client preset's own limit failed: the client gave up, the system may not have."""
+    counts = s.get("client_timeouts") or {}
+    listed = ", ".join(f"{n} by {limit}" for limit, n in counts.items())
+    return (
+        f"> **{sum(counts.values())} flow(s) failed on the `{s.get('client')}` client preset's own "
+        f"timeout** ({listed}): that client would have given up there; the system may still have "
+        "finished the work. Run with `client` tight to measure past it."
+    )
+
+
 def _trend_markdown(s: Mapping[str, Any]) -> str:
     parts = []
     trend = s.get("memory_trend")
@@ -283,7 +296,28 @@ def _trend_markdown(s: Mapping[str, Any]) -> str:
         )
     parts.append(_saturation_markdown(s))
     gauges = s.get("gauges") or {}
+    replaced = _replacements_line(gauges.get("api") or {}, s.get("tx_total"))
+    if replaced:
+        parts.append(replaced)
     peaks = [f"{c} {m} {v:g}" for c, ms in gauges.items() for m, v in ms.items()]
     if peaks:
         parts.append("Gauge peaks: " + ", ".join(peaks) + ".")
     return "\n\n".join(parts) or "No resource trends (too few samples)."
+
+
+def _replacements_line(api: Mapping[str, float], tx_total: Any) -> str | None:
+    """The relayer's stuck-transaction replacements, with their causes (None if not sampled)."""
+    if "relay_replaced" not in api:
+        return None
+    n = int(api["relay_replaced"])
+    share = f" ({n / tx_total:.1%} of {tx_total} relayed transactions)" if tx_total else ""
+    prefix = "relay_replaced_"  # one gauge per cause (the relayer's names them)
+    causes = [(m.removeprefix(prefix), int(v)) for m, v in api.items() if m.startswith(prefix)]
+    detail = ", ".join(f"{c} {k}" for c, k in causes if k)
+    capped = int(api.get("relay_replace_capped", 0))
+    return (
+        f"Relayer replacements of stuck transactions: **{n}**{share}"
+        + (f"; causes: {detail}" if detail else "")
+        + (f"; {capped} nonces reached the replacement cap" if capped else "")
+        + ". A transaction counts as stuck only when the chain mined blocks past it."
+    )

@@ -95,7 +95,7 @@ def error_table_html(results: Results) -> str:
     if bad.empty:
         return "<p>No errors: every flow completed.</p>"
     keys = [bad["error_class"].fillna("unknown"), bad["failed_step"].fillna("unknown")]
-    rows = []
+    rows: list[list[Any]] = []
     for (cls, step), group in bad.groupby(keys, sort=False):
         example = group["error"].dropna().astype(str)
         rows.append(
@@ -103,7 +103,7 @@ def error_table_html(results: Results) -> str:
                 cls,
                 step,
                 len(group),
-                fault_component(cls, step),
+                fault_component(str(cls), str(step)),
                 (example.iloc[0][:120] if len(example) else ""),
             ]
         )
@@ -126,11 +126,12 @@ def latency_table_html(summary: Mapping[str, Any]) -> str:
 
 def resources_table_html(summary: Mapping[str, Any]) -> str:
     res = summary.get("resources") or {}
-    cols = ("avg_cpu_pct", "peak_cpu_pct", "avg_rss_mb", "peak_rss_mb", "peak_open_files")
+    cols: tuple[str, ...] = ("avg_cpu_pct", "peak_cpu_pct", "avg_rss_mb", "peak_rss_mb")
+    cols += ("peak_open_files",)
     cols += ("peak_connections", "peak_threads")
     rows = [[comp, *(vals.get(c) for c in cols)] for comp, vals in res.items()]
-    headers = ("Component", "CPU % avg", "CPU % peak", "RSS MB avg", "RSS MB peak")
-    headers += ("Open files peak", "Sockets peak", "Threads peak")
+    headers: tuple[str, ...] = ("Component", "CPU % avg", "CPU % peak", "RSS MB avg")
+    headers += ("RSS MB peak", "Open files peak", "Sockets peak", "Threads peak")
     return _table(headers, rows)
 
 
@@ -186,6 +187,8 @@ def run_facts_html(s: Mapping[str, Any]) -> str:
         ("workers", s.get("workers") or None),
         ("shape", s.get("shape")),
         ("profile", s.get("profile")),
+        ("relay", s.get("relay")),
+        ("client", s.get("client")),
         ("started", s.get("started_at")),
         ("wall", plots.secs(s.get("wall_s"))),
         ("flows", s.get("flows_started")),

@@ -72,7 +72,7 @@ def _first_mark(runs: pd.DataFrame, event: str) -> dict[str, Any]:
     if runs.empty or "event" not in runs:
         return {}
     rows = runs[runs["event"] == event]
-    return {} if rows.empty else {k: v for k, v in rows.iloc[0].items() if _present(v)}
+    return {} if rows.empty else {str(k): v for k, v in rows.iloc[0].items() if _present(v)}
 
 
 def _present(v: Any) -> bool:

@@ -30,7 +30,7 @@ Pure functions of a results dir (`load_results`) or of its DataFrames; `summariz
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -101,7 +101,8 @@ def step_breakdown(steps_df: pd.DataFrame) -> pd.DataFrame:
     counts["failed"] = counts["n"] - counts["ok"] - counts["cancelled"]
     counts["ok_rate"] = counts["ok"] / (counts["ok"] + counts["failed"]).replace(0, np.nan)
     lat = steps_df[steps_df["ok"]].groupby("step")["duration_s"]
-    quantiles = lat.quantile([0.5, 0.95, 0.99]).unstack()  # pandas' linear == numpy's default
+    # pandas' linear == numpy's default
+    quantiles = lat.quantile(np.array([0.5, 0.95, 0.99])).unstack()
     quantiles.columns = ["p50", "p95", "p99"]
     table = counts.join(lat.mean().rename("mean")).join(quantiles).join(lat.max().rename("max"))
     return table.loc[in_flow_order(table.index), cols].rename_axis("step")
@@ -165,7 +166,7 @@ def concurrency(flows_df: pd.DataFrame) -> pd.DataFrame:
     # At equal times, ends come before starts: a flow that ends as another starts never overlaps.
     edges = edges.sort_values(["t", "delta"], kind="stable")
     edges["in_flight"] = edges["delta"].cumsum()
-    return edges.groupby("t", as_index=False)["in_flight"].last()
+    return edges.groupby("t")["in_flight"].last().reset_index()
 
 
 # ----------------------------------------------------------------------------- success
@@ -332,8 +333,8 @@ def network(samples_df: pd.DataFrame) -> dict[str, Any]:
         s = samples_df[(samples_df["component"] == "system") & (samples_df["metric"] == metric)]
         if s.empty:
             return None
-        s = s.sort_values("t")["value"]
-        return int(s.iloc[-1] - s.iloc[0])
+        values = s.sort_values("t")["value"]
+        return int(values.iloc[-1] - values.iloc[0])
 
     sent, recv = delta("net_sent_bytes"), delta("net_recv_bytes")
     total = None if sent is None and recv is None else (sent or 0) + (recv or 0)
@@ -356,7 +357,7 @@ def gauge_peaks(samples_df: pd.DataFrame) -> dict[str, dict[str, float]]:
     g = samples_df[~samples_df["metric"].isin(resource) & (samples_df["component"] != "system")]
     peaks = g.groupby(["component", "metric"])["value"].max()
     out: dict[str, dict[str, float]] = {}
-    for (component, metric), value in peaks.items():
+    for (component, metric), value in zip(peaks.index, peaks, strict=True):
         out.setdefault(str(component), {})[str(metric)] = float(value)
     return out
 
@@ -379,7 +380,7 @@ def capacity_curve(results: Results | pd.DataFrame) -> pd.DataFrame:
         level = f["stage_users"].max() if "stage_users" in f else np.nan
         rows.append(
             {
-                "stage": int(stage),
+                "stage": int(cast(float, stage)),  # pandas types a group key as any scalar
                 "users": int(level) if pd.notna(level) else int(f["user"].nunique()),
                 "flows": len(f),
                 "ok": int(f["ok"].sum()),

@@ -7,7 +7,7 @@ import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -108,6 +108,7 @@ def summarize(
         "error_classes": errs["by_class"],
         "failed_steps": errs["by_step"],
         "faults_injected": _faults(results.config),
+        "client_timeouts": _client_timeouts(flows),
         **_stored(flows),
     }
     curve = capacity_curve(results)
@@ -120,6 +121,7 @@ def summarize(
         rows.append(saturation.criteria_row(judged))
     s["criteria_name"] = criteria.name
     s["criteria_title"] = criteria.title
+    s["criteria_next"] = criteria.next
     s["criteria"] = rows
     s["verdict"] = crit.verdict(rows, complete=results.complete)
     s["outcome"] = s["verdict"] if results.complete else "INCOMPLETE"
@@ -128,8 +130,17 @@ def summarize(
 
 def _stored(flows: pd.DataFrame) -> dict[str, int]:
     """What the run left in storage (distinct objects): `python -m workbench cleanup` removes it."""
-    objects = stored_objects(flows.to_dict("records")) if "stored" in flows else {}
+    records = flows.to_dict("records") if "stored" in flows else []
+    objects = stored_objects(cast(list[dict[str, Any]], records))  # column labels are str
     return {"stored_objects": len(objects), "stored_bytes": sum(objects.values())}
+
+
+def _client_timeouts(flows: pd.DataFrame) -> dict[str, int]:
+    """Failed flows a client preset's own wait ended (`{"sdk: waitForOperation": 2}`)."""
+    if "client_timeout" not in flows:
+        return {}
+    counts = flows.loc[flows["status"] == "failed", "client_timeout"].dropna().value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def _run_facts(results: Results) -> dict[str, Any]:
@@ -149,6 +160,9 @@ def _run_facts(results: Results) -> dict[str, Any]:
         "end_reason": end.get("reason"),
         "shape": fact("shape"),
         "profile": fact("profile"),
+        # Results from before these existed ran what are now the defaults.
+        "relay": fact("relay", "app"),
+        "client": fact("client", "tight"),
         "users": fact("users", int(flows["user"].nunique()) if not flows.empty else 0),
         "workers": fact("workers", 0),
         "scheduler": fact("scheduler"),
@@ -192,7 +206,7 @@ def _peak_of(table: pd.DataFrame, rows: list[str], col: str) -> float | None:
 def _cell(table: pd.DataFrame, row: str, col: str) -> float | None:
     if row not in table.index or col not in table.columns:
         return None
-    value = table.at[row, col]
+    value: Any = table.at[row, col]  # pandas types a cell as any scalar, float() takes fewer
     return None if pd.isna(value) else float(value)
 
 

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from eth_account import Account
 
 from workbench.driver.flow import FlowSettings, Wallet, flow_context, run_flow
 from workbench.driver.shapes import make_user_data
+from workbench.events import Event, FlowEvent
+from workbench.stack.local import LocalStack
 
 
-async def one_flow(profile: str = "fast") -> dict[str, Any]:
+async def one_flow(profile: str = "fast") -> FlowEvent:
     """Starts a local stack, runs one flow with a fresh wallet, stops the stack."""
-    from workbench.stack.local import LocalStack
-
     acct = Account.create()
     wallet = Wallet(0, acct.address, "0x" + acct.key.hex().removeprefix("0x"))
-    steps: list[dict[str, Any]] = []
+    steps: list[Event] = []
     async with LocalStack(profile) as stack:
         settings = FlowSettings.from_profile(stack.profile)
-        async with flow_context(stack.endpoints, steps.append, settings) as ctx:
+        async with flow_context(stack.target.endpoints, steps.append, settings) as ctx:
             data = make_user_data("medium", 0, seed=0)
             return await run_flow(ctx, wallet, data, flow_id=0, data_size="medium")
 

@@ -8,30 +8,40 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import papermill as pm
+import yaml
+
+from workbench.driver.config import RunConfig
 from workbench.errors import WorkbenchError
-from workbench.params import PROJECT_ROOT
+from workbench.params import PROJECT_ROOT, load
 
 
 def notebook_command(args: Namespace) -> int:
     """Executes a notebook with papermill into its results dir and prints where the report is."""
-    import papermill as pm
 
-    from workbench.driver.config import RunConfig
+    from workbench.notebook import check_parameters
 
-    params: dict[str, Any] = {k: _literal(v) for k, v in args.param}
-    for key in ("users", "profile", "output_dir"):
-        if getattr(args, key, None) is not None:
-            params[key] = getattr(args, key)
-    params.setdefault("run_id", RunConfig.new_run_id("nb", params.get("users", 0)))
-    if Path(args.notebook).name == "run.ipynb":  # validate before anything is created
-        RunConfig.from_params(**params)
-    out_dir = RunConfig.from_params(
-        run_id=params["run_id"], output_dir=params.get("output_dir", "outputs")
-    ).results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     notebook = Path(args.notebook)
     if not notebook.is_file():
         raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
+    from_file = load(args.params, "params").data if getattr(args, "params", None) else {}
+    params: dict[str, Any] = dict(from_file)
+    params.update({k: _literal(v) for k, v in args.param})
+    for key in ("users", "profile"):
+        if getattr(args, key, None) is not None:
+            params[key] = getattr(args, key)
+    output_dir = getattr(args, "output_dir", None) or params.get("output_dir") or "outputs"
+    # papermill would only warn about a name its parameters cell lacks, and run without it.
+    declared = pm.inspect_notebook(str(notebook))
+    check_parameters(params, declared, notebook.as_posix())
+    run_id = params.get("run_id") or RunConfig.new_run_id("nb", params.get("users", 0))
+    params.update(
+        {k: v for k, v in (("output_dir", output_dir), ("run_id", run_id)) if k in declared}
+    )
+    if notebook.name == "run.ipynb":  # validate before anything is created
+        RunConfig.from_params(**params)
+    out_dir = RunConfig.from_params(run_id=run_id, output_dir=output_dir).results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
     # The notebook's own output (setup lines, per-user lines, results) streams to the terminal.
     pm.execute_notebook(
@@ -56,6 +66,4 @@ def notebook_command(args: Namespace) -> int:
 
 def _literal(text: str) -> Any:
     """`-p users 25` gives 25, `-p profile fast` gives 'fast' (as papermill's CLI does)."""
-    import yaml
-
     return yaml.safe_load(text)

@@ -3,6 +3,8 @@
 With `--json` it prints exactly one line, the endpoints as `Endpoints.to_json()`, for scripts
 and other-language clients; otherwise an aligned listing for a person. Wired by the lead into
 `python -m workbench stack up`; also `python -m workbench.cli.stack up [--profile P] [--json]`.
+`--vana-addresses` starts it in Vana-address mode (chain id 14800, the contracts at the addresses
+Vana's SDK has built in; see `workbench.stack.local`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from workbench.stack.local import LocalStack
 SIGNAL_POLL_S = 0.2
 
 
-def stack_up(profile: str, json_out: bool) -> int:
+def stack_up(profile: str, json_out: bool, vana_addresses: bool = False) -> int:
     """Runs a stack until SIGINT/SIGTERM: 0 after a clean stop, 1 if it failed to start, 2 on a
     user-fixable error (bad profile)."""
     # We own the main thread here, so the handlers are ours. They only set a flag: a handler
@@ -29,7 +31,7 @@ def stack_up(profile: str, json_out: bool) -> int:
     signals: list[int] = []
     previous = _on_signals(lambda signum, _frame: signals.append(signum))
     try:
-        stack = LocalStack(profile)
+        stack = LocalStack(profile, vana_addresses=vana_addresses or None)
         with stack:
             if not signals:  # a signal that arrived while starting means: stop right away
                 print(_render(stack, json_out), flush=True)
@@ -49,7 +51,7 @@ def stack_up(profile: str, json_out: bool) -> int:
 
 
 def _on_signals(handler: Any) -> dict[int, Any]:
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     return previous
@@ -61,14 +63,15 @@ def _restore(previous: dict[int, Any]) -> None:
 
 
 def _render(stack: LocalStack, json_out: bool) -> str:
-    endpoints = stack.endpoints.to_json()
+    endpoints = stack.target.endpoints.to_json()
     if json_out:
         return json.dumps(endpoints)
     rows = [(k, v) for k, v in endpoints.items() if k != "contracts"]
     rows += list(endpoints["contracts"].items())
     rows += [("logs", str(stack.logs_dir)), ("started in", f"{stack.startup_s:.2f} s")]
     width = max(len(k) for k, _ in rows)
-    lines = [f"local stack up (profile {stack.profile.get('name', '?')})"]
+    mode = ", Vana addresses: test wallets only" if stack.vana_addresses else ""
+    lines = [f"local stack up (profile {stack.profile.get('name', '?')}{mode})"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     lines.append("Ctrl-C to stop")
     return "\n".join(lines)

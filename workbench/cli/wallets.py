@@ -9,6 +9,8 @@ from eth_account import Account
 
 from workbench.driver import wallets
 from workbench.errors import WorkbenchError
+from workbench.stack.anvil import CHAIN_ID, dev_key
+from workbench.vana import chain
 
 
 def wallets_command(args: Namespace) -> int:
@@ -31,14 +33,13 @@ def wallets_command(args: Namespace) -> int:
 
 
 async def _on_chain(args: Namespace) -> int:
-    from workbench.vana.chain import close_web3, make_web3
-
     ws = wallets.load(args.wallet_file, args.count)
     target_wei = int(args.amount_eth * 10**18)
-    w3 = make_web3(args.rpc_url)
+    w3 = chain.make_web3(args.rpc_url)
     try:
         funder = await _funder(w3) if (args.fund or args.sweep) else None
         if args.fund:
+            assert funder is not None  # fetched above for --fund
             done = await wallets.fund(w3, funder, ws.addresses, target_wei)
             print(f"💸 funded {done['funded']} wallets, {done['already']} already had enough")
         if args.check:
@@ -55,14 +56,11 @@ async def _on_chain(args: Namespace) -> int:
             done = await wallets.sweep(w3, ws.wallets, to)
             print(f"🧹 swept {done['swept']} wallets, {done['wei'] / 1e18:.6f} ETH back to {to}")
     finally:
-        await close_web3(w3)
+        await chain.close_web3(w3)
     return 0
 
 
 async def _funder(w3) -> str:
     """The environment's funder key; on a local anvil chain, anvil's public dev account 0."""
-    from workbench.stack.anvil import CHAIN_ID, dev_key
-    from workbench.vana.chain import chain_id
-
-    local = dev_key(0) if await chain_id(w3) == CHAIN_ID else None
+    local = dev_key(0) if await chain.chain_id(w3) == CHAIN_ID else None
     return wallets.funder_key(local)

@@ -55,6 +55,13 @@ async def cleanup(results_dir: str | Path, timeout_s: float = TIMEOUT_S) -> Clea
         raise WorkbenchError(
             "config.json", f"{results_dir} records no endpoints.storage_url", "nothing to clean"
         )
+    kind = (config.get("storage") or {}).get("kind", "kubo")
+    if kind != "kubo":  # only Kubo's RPC API unpins here
+        raise WorkbenchError(
+            "storage",
+            f"the run stored its objects in {kind}, which cleanup does not unpin",
+            "unpin them in that provider (the CIDs are the `stored` lists in events.jsonl)",
+        )
     # Upload steps record their objects as they happen, so a flow cut short by a crash counts.
     objects = stored_objects(
         e for e in iter_events(results_dir / "events.jsonl") if e.get("kind") in ("flow", "step")

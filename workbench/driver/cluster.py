@@ -176,6 +176,8 @@ class Coordinator:
                     str(self.cfg.run_id),
                     users=self.cfg.users,
                     shape=self.cfg.shape,
+                    relay=self.cfg.relay,
+                    client=self.cfg.client,
                     workers=len(self.workers),
                 )
             )
@@ -197,6 +199,11 @@ class Coordinator:
                 config=self.cfg.to_dict(),
                 endpoints=target.endpoints.to_json(),
                 target_kind=target.kind,
+                storage={
+                    "storage_kind": target.storage_kind,
+                    "gateway_url": target.gateway_url,
+                    "storage_token_env": target.storage_token_env,
+                },
                 wallet_file=str(ws.path.resolve()),
                 worker=w.index,
                 workers=len(self.workers),

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from workbench import params
+from workbench.driver.clients import CLIENTS
 from workbench.errors import WorkbenchError
 from workbench.params import project_path
 
 SHAPES = ("staggered", "burst", "hold", "poisson", "steps")
+RELAY_MODES = ("app", "direct")
 DATA_SIZES = ("small", "medium", "large", "mixed")
 MAX_USERS = 10_000
 DEFAULT_PROMPT = "Summarize this user's data in three bullet points, as JSON."
@@ -73,6 +75,9 @@ class RunConfig:
     max_connections: int = 200
     run_id: str | None = None  # None: generated, see new_run_id
     inference_prompt: str = DEFAULT_PROMPT
+    # How the client behaves: who sends the permission's transaction, and whose timings.
+    relay: str = "app"  # app: gasless via the app's /api/relay; direct: each user's own tx
+    client: str = "tight"  # timing preset: tight | sdk | upstream (workbench.driver.clients)
     # Scale-out (`workbench.driver.cluster`): 0 runs every flow in this process; N shards the
     # users over a local Dask cluster of N worker processes; `scheduler` joins an existing one.
     workers: int = 0
@@ -420,6 +425,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _int(1, 100_000),
     "run_id": _run_id,
     "inference_prompt": _text(4000),
+    "relay": _choice(RELAY_MODES),
+    "client": _choice(CLIENTS),
     "workers": _int(0, MAX_WORKERS),
     "scheduler": _scheduler,
 }

@@ -15,17 +15,21 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from hexbytes import HexBytes
+from web3.exceptions import ContractLogicError
 
+from workbench.driver import clients
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
 from workbench.steps import step_class
-from workbench.vana import chain, crypto, permission, retry
+from workbench.vana import chain, crypto, permission, relay, retry
+from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.target import Endpoints
 from workbench.vana.views import ViewFunction
 
@@ -49,7 +53,11 @@ class HttpStatusError(Exception):
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """Timing knobs of a flow; every timeout is explicit (no library default decides)."""
+    """Timing knobs of a flow; every timeout is explicit (no library default decides).
+
+    `client` names the timing preset these came from (see `workbench.driver.clients`), `relay`
+    how the permission reaches the chain: `app` (gasless, the app's `/api/relay`) or `direct`
+    (the user's wallet sends the transaction and pays its gas)."""
 
     poll_interval_s: float = 0.25
     receipt_poll_s: float = 0.5
@@ -59,8 +67,18 @@ class FlowSettings:
     retry_attempts: int = 5
     retry_base_s: float = 1.0  # upstream: 1 s doubling, capped at 5 s
     retry_cap_s: float = 5.0
+    retry_jitter: bool = True  # full jitter; upstream's client waited the bare backoff
+    step_attempts: dict[str, int] = field(default_factory=dict)  # per step, over retry_attempts
+    wait_out_restarts: bool = True  # retry refused connections for up to http_timeout_s
+    operation_timeout_s: float | None = None  # the client's own limit on polling an operation
+    poll_growth: float = chain.POLL_GROWTH  # 1.0: poll at a fixed interval, as SDK clients do
     schema_id: int = 0
     prompt: str = "Summarise this user's data as JSON."
+    relay: str = "app"
+    client: str = "tight"
+
+    def attempts(self, step: str | None) -> int:
+        return self.step_attempts.get(step or "", self.retry_attempts)
 
     def __post_init__(self) -> None:
         try:  # built now: a bad setting fails before any flow starts, not inside a step
@@ -75,18 +93,30 @@ class FlowSettings:
     @functools.cached_property
     def retry_policy(self) -> retry.RetryPolicy:
         """For calls safe to repeat: network errors, timeouts and transient statuses."""
-        return retry.RetryPolicy(self.retry_attempts, self.retry_base_s, self.retry_cap_s)
+        return self.retry_policy_for(None)
+
+    def retry_policy_for(self, step: str | None) -> retry.RetryPolicy:
+        """`retry_policy` with the step's own attempt count (a client preset may set one)."""
+        return retry.RetryPolicy(
+            self.attempts(step), self.retry_base_s, self.retry_cap_s, jitter=self.retry_jitter
+        )
 
     @functools.cached_property
     def reconnect_policy(self) -> retry.RetryPolicy:
         """For waiting out a refused connection: as long as one request may take."""
-        return retry.RetryPolicy(None, self.retry_base_s, self.retry_cap_s, self.http_timeout_s)
+        return retry.RetryPolicy(
+            None, self.retry_base_s, self.retry_cap_s, self.http_timeout_s, self.retry_jitter
+        )
 
     @classmethod
-    def from_profile(cls, profile: dict[str, Any], **overrides: Any) -> FlowSettings:
+    def from_profile(
+        cls, profile: dict[str, Any], client: str = "tight", **overrides: Any
+    ) -> FlowSettings:
+        """The profile's `flow` settings, then the client preset's, then `overrides`."""
         flow = profile.get("flow", {})
         known = {k: flow[k] for k in cls.__dataclass_fields__ if k in flow}
-        return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**known, **clients.preset(client), "client": client, **given})
 
 
 @dataclass(frozen=True)
@@ -111,9 +141,14 @@ class FlowContext:
     settings: FlowSettings = field(default_factory=FlowSettings)
     run_id: str = ""
     light_executor: Executor | None = None
+    ipfs: IpfsProvider | None = None  # where uploads go; None: Kubo at endpoints.storage_url
     worker: int | None = None  # the Dask worker running these flows (None: in-process)
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ipfs is None:
+            self.ipfs = IpfsProvider.kubo(self.endpoints.storage_url)
 
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
@@ -289,14 +324,18 @@ class FlowRun:
                 ep.chain_id, ep.contracts["DataPortabilityPermissions"], message
             )
             signature = await self.cpu(permission.sign, w.private_key, typed, light=True)
-        async with self.step("relay") as attempts:  # see `reconnecting`: never blindly re-sent
-            body = {"typedData": typed, "signature": signature, "expectedUserAddress": w.address}
-            answer = await self.reconnecting(
-                attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
-            )
-            self.rec.ids["tx_hash"] = answer["transactionHash"]
+        async with self.step("relay") as attempts:
+            if s.relay == "direct":
+                tx_hash = await self.send_own(typed, signature)
+            else:  # see `reconnecting`: never blindly re-sent
+                body = relay.signed_request(typed, signature, w.address)
+                answer = await self.reconnecting(
+                    attempts, lambda: self.post_json(f"{ep.api_url}/api/relay", body)
+                )
+                tx_hash = _relay_hash(answer)
+            self.rec.ids["tx_hash"] = tx_hash
         async with self.step("confirm"):
-            self.rec.ids["permission_id"] = await self.confirm(answer["transactionHash"], nonce)
+            self.rec.ids["permission_id"] = await self.confirm(tx_hash, nonce)
         async with self.step("inference_submit") as attempts:
             submitted = await self.retrying(
                 attempts,
@@ -311,13 +350,14 @@ class FlowRun:
 
     async def upload(self, attempts: list[int], blob: bytes, name: str) -> str:
         """Uploads are content-addressed: a retry stores the same object under the same CID, so
-        transient failures are retried like inference calls."""
-        url = f"{self.ctx.endpoints.storage_url}/api/v0/add"
+        transient failures are retried like inference calls. Answers the URL the SDK's IPFS
+        providers answer (`ipfs://CID`), the one registered on chain."""
+        ipfs = self.ctx.ipfs
+        assert ipfs is not None  # FlowContext.__post_init__ defaults it to the endpoints' Kubo
 
         def send() -> Awaitable[Any]:  # a fresh form per attempt: aiohttp sends one only once
-            form = aiohttp.FormData()
-            form.add_field("file", blob, filename=name, content_type="application/octet-stream")
-            return self.request("POST", url, data=form)
+            form = ipfs.form(blob, name)
+            return self.request("POST", ipfs.add_url, data=form, headers=ipfs.headers())
 
         # Also waits out a storage server that is down or restarting, as server_identity does.
         try:
@@ -325,19 +365,36 @@ class FlowRun:
         except TimeoutError as e:  # requests' own deadline (the flow's arrives as a cancel)
             limit = self.ctx.settings.http_timeout_s
             raise FlowError("storage", f"storage did not answer within {limit:g} s") from e
-        stored = {"cid": answer["Hash"], "bytes": len(blob)}
+        cid = ipfs.cid(answer)
+        stored = {"cid": cid, "bytes": len(blob)}
         self.rec.extra.setdefault("stored", []).append(stored)
         self.rec.step_extra["stored"] = [stored]  # in the step event too: a killed flow's count
-        return f"ipfs://{answer['Hash']}"
+        return ipfs.registered_url(cid)
+
+    async def send_own(self, typed: dict[str, Any], signature: str) -> str:
+        """The user's wallet sends `addServerFilesAndPermissions` itself, as the SDK does with
+        no relayer: gas estimated first (a revert fails here, before a nonce is used), EIP-1559
+        fees, nonce from the node's pending count (a user's flows never overlap)."""
+        ctx = self.ctx
+        permissions = ctx.contract("DataPortabilityPermissions")
+        data = permissions.encode_abi(
+            "addServerFilesAndPermissions",
+            args=[permission.contract_input(typed), HexBytes(signature)],
+        )
+        tx = {"to": permissions.address, "data": data, "value": 0}
+        nonces = chain.NonceManager(ctx.w3, self.wallet.address)
+        return await chain.send_tx(ctx.w3, self.wallet.private_key, tx, nonces)
 
     async def reconnecting(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
         """Waits out a server that refuses connections (down or restarting) for up to one
         request timeout, retrying with capped jittered backoff. Only a refused connection is
         retried: the request never reached the server, so even a relay (not idempotent: it
         may have been sent on chain) is safe to post again."""
-        policy = self.ctx.settings.reconnect_policy
+        s = self.ctx.settings
+        if not s.wait_out_restarts:  # a client preset that never retries
+            return await call()
         return await retry.retrying(
-            lambda _: call(), policy, retry.never_sent, on_retry=_counter(attempts)
+            lambda _: call(), s.reconnect_policy, retry.never_sent, on_retry=_counter(attempts)
         )
 
     async def confirm(self, tx_hash: str, nonce: int) -> int:
@@ -356,6 +413,8 @@ class FlowRun:
             )
         except chain.TxReverted as e:
             raise FlowError("revert", str(e)) from None
+        except chain.ReceiptTimeout as e:
+            raise self.client_timeout(str(e)) from None
         if done.tx_hash != tx_hash:  # mined under a replacement: record the hash that counts
             self.rec.ids["tx_hash"] = done.tx_hash
             self.rec.extra["relayed_tx_hash"] = tx_hash
@@ -364,6 +423,10 @@ class FlowRun:
     async def poll(self, attempts: list[int]) -> Any:
         ep, s = self.ctx.endpoints, self.ctx.settings
         body = {"operationId": self.rec.ids["operation_id"], "chainId": ep.chain_id}
+        started = time.monotonic()
+        # Backs off while the operation runs, as receipt polls do, unless the client preset polls
+        # at a fixed interval (the SDK's waitForOperation, upstream's client).
+        pause, cap = s.poll_interval_s, max(s.poll_interval_s, chain.POLL_CAP_S)
         while True:
             answer = await self.retrying(
                 attempts, lambda: self.post_json(f"{ep.api_url}/api/trusted-server/poll", body)
@@ -375,12 +438,25 @@ class FlowRun:
             if status not in RUNNING:  # failed (or unknown): final for this flow, never resubmitted
                 detail = data.get("error") or _short(data)
                 raise FlowError("inference", f"operation ended {status}: {detail}")
-            await asyncio.sleep(s.poll_interval_s)
+            limit = s.operation_timeout_s
+            if limit is not None and time.monotonic() - started > limit:
+                raise self.client_timeout(f"operation still {status} after {limit:g} s")
+            await asyncio.sleep(pause)
+            pause = min(cap, pause * s.poll_growth)
+
+    def client_timeout(self, detail: str) -> FlowError:
+        """A timeout of the client's own wait (not the flow's deadline): recorded on the flow
+        as `client_timeout` so the report can tell a preset's limit from a slow system."""
+        client = self.ctx.settings.client
+        limit = clients.limit_name(client, self.rec.current or "")
+        self.rec.extra["client_timeout"] = f"{client}: {limit}"
+        return FlowError("timeout", f"{detail} (the {client} client's own limit: {limit})")
 
     async def retrying(self, attempts: list[int], call: Callable[[], Awaitable[Any]]) -> Any:
         """Retries network errors, timeouts and transient statuses (`retry.is_transient`) with
-        capped exponential backoff, full jitter."""
-        policy = self.ctx.settings.retry_policy
+        capped exponential backoff (full jitter unless the client preset says otherwise); the
+        step's attempt count comes from the preset."""
+        policy = self.ctx.settings.retry_policy_for(self.rec.current)
         return await retry.retrying(lambda _: call(), policy, on_retry=_counter(attempts))
 
     async def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
@@ -469,6 +545,8 @@ def classify(step: str, exc: BaseException) -> str:
     """Names the failure class of an exception raised inside `step`."""
     if isinstance(exc, chain.ReceiptTimeout):
         return "timeout"
+    if isinstance(exc, ContractLogicError):  # the user's own tx would revert (relay direct)
+        return "nonce" if chain.revert_name(exc) == "InvalidNonce" else "revert"
     if isinstance(exc, HttpStatusError):
         text = str(exc.body).lower()
         if step == "relay":
@@ -490,6 +568,13 @@ def _counter(attempts: list[int]) -> Callable[[int, BaseException], None]:
         attempts[0] += 1
 
     return count
+
+
+def _relay_hash(answer: Any) -> str:
+    try:
+        return relay.answered_hash(answer)
+    except ValueError as e:  # a 2xx that is no relay (an app answering `{type: "error"}` so)
+        raise FlowError("relay", str(e)) from None
 
 
 def _grantee_address(grantee: Any) -> str:
@@ -542,6 +627,7 @@ async def flow_context(
     clock: Clock | None = None,
     max_connections: int = 200,
     crypto_threads: int | None = None,
+    ipfs: IpfsProvider | None = None,
     worker: int | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
@@ -549,8 +635,6 @@ async def flow_context(
     Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
     GIL on large buffers, and the signatures are sub-millisecond.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     settings = settings or FlowSettings()
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
     executor = ThreadPoolExecutor(
@@ -562,7 +646,7 @@ async def flow_context(
     w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
-    # CPU per call. Flows never send transactions, so it guards nothing here.
+    # CPU per call. The only transactions flows send (relay direct) carry an explicit chainId.
     if "validation" in w3.middleware_onion:
         w3.middleware_onion.remove("validation")
     try:
@@ -577,6 +661,7 @@ async def flow_context(
                 settings,
                 run_id,
                 light,
+                ipfs,
                 worker,
             )
     finally:

@@ -4,8 +4,11 @@ Runs before any wallet is funded or any flow starts, and reports every problem a
 `WorkbenchError` listing each wrong item with its fix), so one edit of the target file fixes
 them all. Checks: each RPC URL answers `eth_chainId` = `chain_id`; code at each contract
 address; `eip712Domain()` of DataPortabilityPermissions is Vana's (name, version, chain id,
-address); grantee `grantee_id` exists; the API server's `/health`; the personal server's
-`/identity`; the storage answers. Placeholders (`REPLACE_ME…`) are problems too.
+address); grantee `grantee_id` exists; the API server's `/health`, and its `/api/relay` answers
+an invalid signed request with `{"type": "error"}` (the SDK's unified relayer protocol); the
+personal server's `/identity` (under its base URL, which may carry a path); the storage takes an
+upload and its gateway serves those bytes back. That probe (a few bytes, the same CID every time)
+is the one thing preflight leaves behind. Placeholders (`REPLACE_ME…`) are problems too.
 
     python -m workbench preflight moksha
 """
@@ -23,11 +26,22 @@ import aiohttp
 
 from workbench.errors import WorkbenchError
 from workbench.vana import contracts
+from workbench.vana.chain import close_web3, make_web3
+from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.permission import DOMAIN_NAME, DOMAIN_VERSION
+from workbench.vana.relay import ADD_SERVER_FILES_AND_PERMISSIONS
 from workbench.vana.target import CONTRACT_NAMES, ZERO_ADDRESS, Target, load_target
 
 PROBE_ADDRESS = "0x000000000000000000000000000000000000dEaD"  # any user works for /identity
 DEFAULT_TIMEOUT_S = 10.0
+# A signed request no relayer can accept: an app speaking the unified protocol says {type: error}.
+INVALID_RELAY = {
+    "type": "signed",
+    "operation": ADD_SERVER_FILES_AND_PERMISSIONS,
+    "typedData": {},
+    "signature": "0x",
+}
+STORAGE_PROBE = b"workbench preflight probe: the gateway must serve these bytes back\n"
 
 
 @dataclass(frozen=True)
@@ -94,18 +108,19 @@ async def preflight(target: Target, timeout_s: float = DEFAULT_TIMEOUT_S) -> Pre
         for item, url, probe in (
             ("api_url", ep.api_url, _api),
             ("personal_server_url", ep.personal_server_url, _personal),
-            ("storage_url", ep.storage_url, _STORAGE_PROBES[target.storage_kind]),
         )
         if item not in skip
     ]
+    storage = not {"storage_url", "gateway_url"} & skip
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-        rpc_checks, service_checks = await asyncio.gather(
+        rpc_checks, service_checks, storage_checks = await asyncio.gather(
             asyncio.gather(
                 *(_rpc(http, i, u, ep.chain_id, timeout_s) for i, u in rpc_urls.items())
             ),
             asyncio.gather(*(_guarded(i, u, p(http, u), timeout_s) for i, u, p in services)),
+            _storage(http, target.ipfs, timeout_s) if storage else asyncio.sleep(0, []),
         )
-    report.checks += [*rpc_checks, *service_checks]
+    report.checks += [*rpc_checks, *service_checks, *storage_checks]
     working = [rpc_urls[c.item] for c in rpc_checks if c.ok]
     report.checks += await _chain(target, working[0] if working else None, skip, timeout_s)
     report.checks.append(_funder(target))
@@ -205,7 +220,20 @@ async def _api(http: aiohttp.ClientSession, url: str) -> Check:
             f"{url}/health answered HTTP {resp.status}, not {{'status': 'ok'}}.",
             _FIXES["api_url"],
         )
-    return Check("api_url", True, f"{url}/health is ok.")
+    async with http.post(f"{url}/api/relay", json=INVALID_RELAY) as resp:
+        try:
+            answer = await resp.json(content_type=None)
+        except ValueError:  # not JSON at all
+            answer = None
+    if not isinstance(answer, dict) or answer.get("type") != "error":
+        return Check(
+            "api_url",
+            False,
+            f"{url}/api/relay answered an invalid signed request with HTTP {resp.status} and no "
+            "{'type': 'error'}: it does not speak the SDK's unified relayer protocol.",
+            _FIXES["api_url"],
+        )
+    return Check("api_url", True, f"{url}/health is ok; /api/relay speaks the unified protocol.")
 
 
 async def _personal(http: aiohttp.ClientSession, url: str) -> Check:
@@ -222,27 +250,49 @@ async def _personal(http: aiohttp.ClientSession, url: str) -> Check:
     return Check("personal_server_url", True, f"{url}/identity gives a server key.")
 
 
-async def _kubo(http: aiohttp.ClientSession, url: str) -> Check:
-    """Kubo answers `POST /api/v0/version`; the embedded storage (a Kubo subset) `/health`."""
-    async with http.post(f"{url}/api/v0/version") as resp:
-        if resp.status == 200:
-            return Check("storage_url", True, f"{url} speaks the Kubo RPC API.")
-    async with http.get(f"{url}/health") as resp:
-        if resp.status == 200:
-            return Check("storage_url", True, f"{url}/health is ok.")
-    return Check(
-        "storage_url",
-        False,
-        f"{url} answered HTTP {resp.status} to /api/v0/version and /health.",
-        _FIXES["storage_url"],
-    )
+async def _storage(http: aiohttp.ClientSession, ipfs: IpfsProvider, timeout_s: float) -> list:
+    """An upload of STORAGE_PROBE (item storage_url), then the gateway serving those bytes."""
+    try:
+        headers = ipfs.headers()
+    except WorkbenchError as e:  # pinata without its JWT in the environment
+        return [Check("storage_url", False, f"${e.field} is {e.problem}.", e.fix)]
+    cids: list[str] = []
+
+    async def upload() -> Check:
+        form = ipfs.form(STORAGE_PROBE, "workbench-preflight-probe.txt")
+        async with http.post(ipfs.add_url, data=form, headers=headers) as resp:
+            answer = await resp.json(content_type=None) if resp.status == 200 else None
+        if answer is None:
+            detail = f"{ipfs.add_url} answered HTTP {resp.status} to an upload."
+            return Check("storage_url", False, detail, _FIXES["storage_url"])
+        cids.append(ipfs.cid(answer))
+        return Check("storage_url", True, f"{ipfs.add_url} stored a probe ({ipfs.kind}).")
+
+    async def fetch(url: str) -> Check:
+        async with http.get(url) as resp:
+            data = await resp.read() if resp.status == 200 else None
+        if data != STORAGE_PROBE:
+            what = f"HTTP {resp.status}" if data is None else "other bytes"
+            detail = f"{url} answered {what}, not the probe just stored."
+            return Check("gateway_url", False, detail, _FIXES["gateway_url"])
+        return Check("gateway_url", True, f"{ipfs.gateway_url} serves what the storage stored.")
+
+    stored = await _guarded("storage_url", ipfs.add_url, upload(), timeout_s)
+    if not cids:
+        return [stored]
+    url = ipfs.gateway(cids[0])
+    return [stored, await _guarded("gateway_url", url, fetch(url), timeout_s)]
 
 
-_STORAGE_PROBES = {"kubo": _kubo}  # one per target.STORAGE_KINDS
 _FIXES = {
-    "api_url": "point api_url at the app's API server (it serves /health and /api/relay)",
-    "personal_server_url": "point personal_server_url at a Vana personal server",
-    "storage_url": "point storage_url at a Kubo RPC API (e.g. http://127.0.0.1:5001)",
+    "api_url": "point api_url at the app's API server (it serves /health, and the SDK's "
+    "unified relayer protocol on /api/relay)",
+    "personal_server_url": "point personal_server_url at a Vana personal server's base URL "
+    "(e.g. https://test.server.vana.com/api/v1)",
+    "storage_url": "point storage_url at a Kubo RPC API (storage_kind kubo, e.g. "
+    "http://127.0.0.1:5001) or Pinata's API (storage_kind pinata, https://api.pinata.cloud)",
+    "gateway_url": "set gateway_url to the gateway serving the storage's objects as "
+    "<gateway_url>/<cid> (kubo default: <storage_url>/ipfs)",
 }
 _RPC_FIX = "use the JSON-RPC URL of a node of this chain"
 
@@ -260,8 +310,6 @@ async def _chain(
                 "fix the RPC items above first",
             )
         ]
-    from workbench.vana.chain import close_web3, make_web3
-
     w3 = make_web3(rpc_url, timeout_s=timeout_s)
     try:
         return await asyncio.wait_for(_chain_checks(w3, target, skip), timeout_s * 3)

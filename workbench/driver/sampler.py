@@ -330,7 +330,7 @@ class Sampler:
             return
         self.out_csv.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.out_csv.exists() or self.out_csv.stat().st_size == 0
-        self._file = open(self.out_csv, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._file = open(self.out_csv, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         if fresh:  # appending to a resumed run must not repeat the header
             self._writer.writerow(HEADER)

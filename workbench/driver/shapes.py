@@ -140,7 +140,7 @@ class Staggered(_Shape):
         for user, at in enumerate(_stagger(self.users, self.ramp_s)):
             yield Launch(at, user)
 
-    def expected_flows(self) -> int:
+    def expected_flows(self) -> int | None:
         return self.users
 
     def wallets_needed(self) -> int:

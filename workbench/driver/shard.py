@@ -49,6 +49,7 @@ class ShardSpec:
     config: dict[str, Any]  # RunConfig.to_dict()
     endpoints: dict[str, Any]  # Endpoints.to_json()
     target_kind: str
+    storage: dict[str, str]  # storage_kind, gateway_url, storage_token_env (a JWT stays in env)
     wallet_file: str  # the coordinator's; a worker's $WORKBENCH_WALLET_FILE wins
     worker: int
     workers: int
@@ -163,9 +164,9 @@ class ShardRunner(Runner):
     def __init__(self, spec: ShardSpec, handle: _Handle, send: Callable[[dict[str, Any]], None]):
         config = replace(RunConfig(**spec.config), faults="none", workers=0, scheduler=None)
         endpoints = Endpoints(**spec.endpoints)
-        target = Target(spec.target_kind, endpoints, {}, "")  # type: ignore[arg-type]
+        target = Target(spec.target_kind, endpoints, {}, "", **spec.storage)  # type: ignore[arg-type]
         super().__init__(config, target, progress=False, out=_Discard())
-        self.spec, self.handle, self.endpoints = spec, handle, endpoints
+        self.spec, self.handle, self.endpoints, self.ipfs = spec, handle, endpoints, target.ipfs
         self.outbox = _Outbox(spec.worker, send)
         self.seq = 0
 
@@ -179,7 +180,11 @@ class ShardRunner(Runner):
             if wallet is not None:
                 self.free.put_nowait(wallet)  # the open model's pool: this worker's wallets
         settings = FlowSettings.from_profile(
-            self.profile, flow_timeout_s=self.cfg.flow_timeout_s, prompt=self.cfg.inference_prompt
+            self.profile,
+            client=self.cfg.client,
+            relay=self.cfg.relay,
+            flow_timeout_s=self.cfg.flow_timeout_s,
+            prompt=self.cfg.inference_prompt,
         )
         async with AsyncExitStack() as stack:
             flusher = asyncio.create_task(self.outbox.run(), name="shard-outbox")
@@ -194,6 +199,7 @@ class ShardRunner(Runner):
                     clock=self.clock,
                     max_connections=self.cfg.max_connections,
                     worker=spec.worker,
+                    ipfs=self.ipfs,
                 )
             )
             self.outbox.send({"w": spec.worker, "kind": "ready", "pid": os.getpid()})

@@ -29,6 +29,7 @@ from workbench.vana import chain
 
 PATH_TEMPLATE = "m/44'/60'/0'/0/{}"
 DEFAULT_TARGET_WEI = 10**16  # 0.01 ETH: users only sign; the relayer pays gas
+DIRECT_TARGET_WEI = 10**17  # 0.1 ETH: with relay direct each flow's tx (~0.4 M gas) is the user's
 TRANSFER_GAS = 21_000
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,14 +22,58 @@ from workbench.stack.process import spawn
 
 CHAIN_ID = 31337
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
-ANVIL_BINARY = PROJECT_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+FOUNDRY_NPM_DIR = PROJECT_ROOT / "node_modules" / "@foundry-rs"
+# npm's names for the platforms @foundry-rs/anvil ships a binary package for (Windows aside:
+# the stack relies on POSIX process groups and signals, so Windows means WSL2, i.e. Linux).
+_NPM_OS = {"Linux": "linux", "Darwin": "darwin"}
+_NPM_CPU = {"x86_64": "amd64", "amd64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+FOUNDRYUP = "curl -L https://foundry.paradigm.xyz | bash && foundryup"
 _RPC_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
+def platform_package() -> str | None:
+    """`anvil-linux-amd64`, `anvil-darwin-arm64`…: the npm package holding this machine's anvil."""
+    os_name = _NPM_OS.get(platform.system())
+    cpu = _NPM_CPU.get(platform.machine().lower())
+    return f"anvil-{os_name}-{cpu}" if os_name and cpu else None
+
+
+def anvil_candidates() -> list[Path]:
+    """Where anvil may be, best first.
+
+    1. The platform package `npm ci` installs as an optional dependency of `@foundry-rs/anvil`.
+    2. The binary that launcher package's postinstall downloads into itself when npm skipped
+       optional dependencies. (Its `bin.mjs` only runs one of these two; we run the binary
+       itself, so the sampler measures anvil rather than a node wrapper.)
+    3. `anvil` on PATH, for people with Foundry installed.
+    """
+    package = platform_package()
+    found = [FOUNDRY_NPM_DIR / package / "bin" / "anvil"] if package else []
+    found.append(FOUNDRY_NPM_DIR / "anvil" / "anvil")
+    on_path = shutil.which("anvil")
+    return found + ([Path(on_path)] if on_path else [])
+
+
 def anvil_binary() -> Path:
-    if not ANVIL_BINARY.is_file():
-        raise WorkbenchError("anvil", f"no binary at {ANVIL_BINARY}", "run make setup")
-    return ANVIL_BINARY
+    """This machine's anvil (see `anvil_candidates`); a WorkbenchError with the fix if none."""
+    for path in anvil_candidates():
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    here = f"{platform.system()} {platform.machine()}"
+    package = platform_package()
+    if package is None:
+        raise WorkbenchError(
+            "anvil",
+            f"no anvil package for {here}: the workbench supports Linux and macOS on x86-64 "
+            "and arm64",
+            "on Windows run it in WSL2; elsewhere build Foundry from source so `anvil` is on PATH",
+        )
+    raise WorkbenchError(
+        "anvil",
+        f"not found for {here} (looked for node_modules/@foundry-rs/{package}, then `anvil` "
+        "on PATH)",
+        f"run make setup (npm ci installs @foundry-rs/{package}), or install Foundry: {FOUNDRYUP}",
+    )
 
 
 def start_anvil(
@@ -93,6 +140,16 @@ async def set_block_time(rpc_url: str, seconds: float) -> None:
     else:
         # anvil's interval mining replaces automine; its argument is an integer number of seconds.
         await rpc(rpc_url, "evm_setIntervalMining", [max(1, round(seconds))])
+
+
+async def set_code(rpc_url: str, address: str, code: str) -> None:
+    """Places runtime `code` (0x hex) at `address`, as if a contract had been deployed there."""
+    await rpc(rpc_url, "anvil_setCode", [address, code])
+
+
+async def set_chain_id(rpc_url: str, chain_id: int) -> None:
+    """Changes the chain id the node reports and the EVM sees (`block.chainid`)."""
+    await rpc(rpc_url, "anvil_setChainId", [chain_id])
 
 
 async def txpool_pending(rpc_url: str) -> int:

@@ -3,22 +3,30 @@
 `python -m workbench.stack.api_server`, config (`WORKBENCH_COMPONENT`, JSON):
   port (0 = any free), rpc_url, chain_id, personal_server_url,
   contracts {DataPortabilityPermissions: address, ...},
-  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_s (15): replace a tx pending longer},
+  storage_url (Kubo RPC API the app stores grant files in; optional: without it the grant-file
+  routes answer 503), gateway_url (default `<storage_url>/ipfs`: the URLs answered),
+  relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_blocks (3), stuck_after_s (15),
+           max_replacements (4)}: a tx the chain passed over for that many blocks and seconds is
+           replaced, at most that many times (see `workbench.stack.relayer`),
   rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
 Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
   GET  /health, GET /metrics (relayer gauges)
   GET  /identity?address=0x..          the personal server's answer
-  POST /api/relay                      {"typedData", "signature", "expectedUserAddress"}
-                                       -> {"success": true, "transactionHash"}
+  POST /api/relay                      the SDK's unified relayer protocol or the upstream
+                                       mock's format (see workbench.vana.relay); errors in both
+                                       shapes: {"type": "error", "success": false, "error"}
+  POST /api/ipfs/upload                multipart field `file` -> {"success": true, "url"} (a
+                                       gateway URL; the SDK's `storeGrantFile(grantFile, appUrl)`)
   POST /api/trusted-server             {"permissionId": N} -> {"success": true, "data": {"id"}}
   POST /api/trusted-server/poll        {"operationId", "chainId"}
                                        -> {"success": true, "data": {"status", "result"}}
-Status codes: 400 malformed body or foreign domain; 403 signature not from expectedUserAddress;
+Status codes: 400 malformed body, foreign domain or unsupported operation; 403 signature not from expectedUserAddress;
 409 replayed/pending nonce; 422 the contract would revert otherwise; 404 unknown operation;
 the personal server's own refusals (400/403/404/409/422) and a full queue (503) pass through;
-502 the personal server or the RPC failed (504 when it timed out): a downstream fault, not ours.
+502 the personal server, the storage or the RPC failed (504 when it timed out): a downstream
+fault, not ours.
 """
 
 from __future__ import annotations
@@ -28,14 +36,24 @@ import urllib.parse
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from eth_utils import is_address, to_checksum_address
+from web3 import AsyncWeb3
 
 from workbench.errors import WorkbenchError
-from workbench.stack.relayer import DEFAULT_STUCK_AFTER_S, Relayer, RelayError
+from workbench.secrets import redact
+from workbench.stack.relayer import (
+    DEFAULT_MAX_REPLACEMENTS,
+    DEFAULT_STUCK_AFTER_BLOCKS,
+    DEFAULT_STUCK_AFTER_S,
+    Relayer,
+    RelayError,
+)
 from workbench.stack.server import (
     ApiError,
     component_config,
+    field,
     int_field,
     json_body,
     make_app,
@@ -43,21 +61,23 @@ from workbench.stack.server import (
     run,
     secrets,
 )
-from workbench.vana import chain, permission
+from workbench.vana import chain, permission, relay
 from workbench.vana.crypto import personal_sign
+from workbench.vana.relay import UnifiedRequest
 from workbench.vana.retry import SERVER_CALLS, connection_lost, retrying
 
 APP_KEY = web.AppKey("api_server", object)
 DEFAULT_TIMEOUT_S = 10.0
+MAX_GRANT_UPLOAD = 256 * 1024  # /api/ipfs/upload takes grant files: a few hundred bytes each
 
 
 def operation_request_json(permission_id: int) -> str:
-    """The exact text the app signs (EIP-191) for the personal server: `{"permission_id": 5}`.
+    """The exact text the app signs (EIP-191) for the personal server: `{"permission_id":5}`.
 
-    `json.dumps` defaults: one space after the colon, no other whitespace, the id a JSON number.
-    The signature covers these bytes, so the format is pinned here and tested.
+    As the SDK's `createOperation` writes it (`JSON.stringify`: no whitespace, the id a JSON
+    number). The signature covers these bytes, so the format is pinned here and tested.
     """
-    return json.dumps({"permission_id": int(permission_id)})
+    return json.dumps({"permission_id": int(permission_id)}, separators=(",", ":"))
 
 
 class ApiServer:
@@ -73,9 +93,11 @@ class ApiServer:
         self.personal_timeout = aiohttp.ClientTimeout(
             total=float(config.get("personal_server_timeout_s", DEFAULT_TIMEOUT_S))
         )
+        self.storage_url = (config.get("storage_url") or "").rstrip("/")
+        self.gateway_url = (config.get("gateway_url") or f"{self.storage_url}/ipfs").rstrip("/")
         self.session: aiohttp.ClientSession | None = None
         self.relayer: Relayer | None = None
-        self.w3 = None
+        self.w3: AsyncWeb3 | None = None
 
     def gauges(self) -> dict[str, int]:
         return self.relayer.gauges() if self.relayer else {}
@@ -86,6 +108,10 @@ class ApiServer:
         self.session = aiohttp.ClientSession(timeout=self.personal_timeout)
         rpc_timeout = float(self.config.get("rpc_timeout_s", DEFAULT_TIMEOUT_S))
         self.w3 = chain.make_web3(self.config["rpc_url"], timeout_s=rpc_timeout)
+        # web3's validation middleware asks eth_chainId before each estimate and send (1,741 of
+        # them at 1,000 users); the chain id is checked once here and set in every tx.
+        if "validation" in self.w3.middleware_onion:
+            self.w3.middleware_onion.remove("validation")
         actual = await self.w3.eth.chain_id
         if actual != self.chain_id:
             raise WorkbenchError(
@@ -99,6 +125,8 @@ class ApiServer:
             confirm_poll_s=float(settings.get("confirm_poll_s", 0.25)),
             fee_ttl_s=float(settings.get("fee_ttl_s", 1.0)),
             stuck_after_s=float(settings.get("stuck_after_s", DEFAULT_STUCK_AFTER_S)),
+            stuck_after_blocks=int(settings.get("stuck_after_blocks", DEFAULT_STUCK_AFTER_BLOCKS)),
+            max_replacements=int(settings.get("max_replacements", DEFAULT_MAX_REPLACEMENTS)),
         )
         await self.relayer.start()
 
@@ -120,28 +148,91 @@ class ApiServer:
         return web.json_response(body)
 
     async def relay(self, request: web.Request) -> web.Response:
-        body = await json_body(
-            request, {"typedData": dict, "signature": str, "expectedUserAddress": str}
-        )
-        expected = _address(body["expectedUserAddress"], "expectedUserAddress")
+        """Either relay protocol (see `workbench.vana.relay`); errors answer in both shapes."""
         try:
-            typed = permission.validate(body["typedData"])
+            body = await json_body(request, {})
+            if relay.is_unified(body):
+                return web.json_response(await self._unified(relay.parse_unified(body)))
+            field(body, "typedData", dict)
+            field(body, "signature", str)
+            field(body, "expectedUserAddress", str)
+            tx_hash = await self._relay_signed(
+                body["typedData"], body["signature"], body["expectedUserAddress"]
+            )
+            return web.json_response({"success": True, "transactionHash": tx_hash})
+        except relay.RelayRequestError as e:
+            return _relay_error(400, str(e))
+        except ApiError as e:
+            return _relay_error(e.status, e.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _relay_error(413, "request body too large")
+
+    async def _unified(self, req: UnifiedRequest) -> dict[str, Any]:
+        if req.kind == "direct":  # parse_unified let only storeGrantFile through
+            return relay.direct_answer({"url": await self._store_grant_file(req.params)})
+        if not isinstance(req.typed_data, dict):
+            raise ApiError(400, "field 'typedData' must be an object")
+        if not isinstance(req.signature, str):
+            raise ApiError(400, "field 'signature' must be a string")
+        tx_hash = await self._relay_signed(req.typed_data, req.signature, req.expected_user)
+        return relay.signed_answer(tx_hash)
+
+    async def _relay_signed(self, typed_data: dict, signature: str, expected: str | None) -> str:
+        """Checks and relays a signed ServerFilesAndPermission; the tx hash. `expected` (the
+        user the client says signed) is optional in the unified protocol."""
+        expected = None if expected is None else _address(expected, "expectedUserAddress")
+        try:
+            typed = permission.validate(typed_data)
         except ValueError as e:
             raise ApiError(400, f"invalid typedData: {e}") from None
         self._check_domain(typed["domain"])
         try:
-            signer = permission.recover(typed, body["signature"])
+            signer = permission.recover(typed, signature)
         except ValueError as e:
             raise ApiError(400, f"invalid {e}") from None
-        if signer != expected:
+        if expected is not None and signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
+        assert self.relayer is not None  # set by start(), before any request is served
         try:
-            tx_hash = await self.relayer.relay(
-                signer, permission.contract_input(typed), body["signature"]
-            )
+            return await self.relayer.relay(signer, permission.contract_input(typed), signature)
         except RelayError as e:
             raise ApiError(e.status, e.message) from None
-        return web.json_response({"success": True, "transactionHash": tx_hash})
+
+    # --- grant files: stored in the app's storage, answered as gateway URLs
+
+    async def _store_grant_file(self, grant: Any) -> str:
+        """Stores a grant file as the SDK's relayer handler does (`JSON.stringify`)."""
+        if not isinstance(grant, dict):
+            raise ApiError(400, "field 'params' must be the grant file (a JSON object)")
+        for name, kind in (("grantee", str), ("operation", str), ("parameters", dict)):
+            if not isinstance(grant.get(name), kind):
+                raise ApiError(400, f"grant file field '{name}' must be {kind.__name__}")
+        text = json.dumps(grant, separators=(",", ":"), ensure_ascii=False)
+        return await self._store(text.encode(), "grant.json")
+
+    async def ipfs_upload(self, request: web.Request) -> web.Response:
+        data, name = await _file_part(request)
+        return web.json_response({"success": True, "url": await self._store(data, name)})
+
+    async def _store(self, data: bytes, name: str) -> str:
+        """Uploads to the storage's `/api/v0/add`; the object's gateway URL."""
+        if not self.storage_url:
+            raise ApiError(503, "this API server has no storage_url configured")
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=name, content_type="application/octet-stream")
+        assert self.session is not None  # set in start(), before any request is served
+        try:
+            async with self.session.post(f"{self.storage_url}/api/v0/add", data=form) as resp:
+                answer = await resp.json(content_type=None) if resp.status == 200 else None
+                status = resp.status
+        except TimeoutError:
+            raise ApiError(504, "storage timed out") from None
+        except (aiohttp.ClientError, ValueError) as e:
+            raise ApiError(502, f"storage failed: {type(e).__name__}: {e}") from None
+        cid = answer.get("Hash") if isinstance(answer, dict) else None
+        if not isinstance(cid, str) or not cid:
+            raise ApiError(413 if status == 413 else 502, f"storage answered {status}")
+        return f"{self.gateway_url}/{cid}"
 
     def _check_domain(self, domain: dict[str, Any]) -> None:
         """The message must be for our Permissions contract on our chain, or it cannot verify."""
@@ -197,6 +288,7 @@ class ApiServer:
         url = self.personal_url + path
 
         async def call(_attempt: int) -> tuple[int, dict]:
+            assert self.session is not None  # set by start(), before any request is served
             async with self.session.request(method, url, **kwargs) as resp:
                 try:
                     answer = await resp.json(content_type=None)
@@ -213,8 +305,40 @@ class ApiServer:
             raise ApiError(502, f"personal server unreachable: {type(e).__name__}: {e}") from None
 
 
-def _address(value: str, name: str) -> str:
-    if not value.startswith("0x") or not is_address(value):
+def _relay_error(status: int, message: str) -> web.Response:
+    return web.json_response(relay.error_answer(redact(message)), status=status)
+
+
+async def _file_part(request: web.Request) -> tuple[bytes, str]:
+    """The multipart field `file`: (bytes, file name); 400 when absent or malformed."""
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                return await _read_limited(part), part.filename or "upload"
+            await part.release()
+    except (
+        ValueError,
+        KeyError,
+        AssertionError,
+        HttpProcessingError,
+    ) as e:  # e.g. bad part headers
+        raise ApiError(400, f"malformed multipart body: {e}") from None
+    raise ApiError(400, "missing multipart field 'file'")
+
+
+async def _read_limited(part: BodyPartReader) -> bytes:
+    # Multipart is streamed, so the app's client_max_size does not bound it: this does.
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > MAX_GRANT_UPLOAD:
+            raise ApiError(413, f"upload larger than {MAX_GRANT_UPLOAD} bytes")
+    return bytes(data)
+
+
+def _address(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.startswith("0x") or not is_address(value):
         raise ApiError(400, f"field '{name}' must be a 0x-prefixed 20-byte address")
     return to_checksum_address(value)
 
@@ -257,6 +381,7 @@ def build_app(config: dict[str, Any], app_key: str, relayer_keys: list[str]) -> 
     app.on_cleanup.append(server.stop)
     app.router.add_get("/identity", server.identity)
     app.router.add_post("/api/relay", server.relay)
+    app.router.add_post("/api/ipfs/upload", server.ipfs_upload)
     app.router.add_post("/api/trusted-server", server.submit_operation)
     app.router.add_post("/api/trusted-server/poll", server.poll_operation)
     return app

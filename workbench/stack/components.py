@@ -93,8 +93,8 @@ class _Launch:
             SECRETS_ENV: json.dumps(secrets or {}),
             "PYTHONUNBUFFERED": "1",  # a log tail that shows the real last words
         }
-        cmd = [sys.executable, "-m", module]
-        self.proc = spawn(cmd, env=env, log_path=log_path, cwd=PROJECT_ROOT)
+        self.cmd = [sys.executable, "-m", module]
+        self.proc = spawn(self.cmd, env=env, log_path=log_path, cwd=PROJECT_ROOT)
         self.deadline = time.monotonic() + timeout_s
         self.url = ""
 
@@ -131,7 +131,7 @@ class _Launch:
 
     def _failure(self, what: str) -> str:
         tail = "\n".join(self._log_text().splitlines()[-LOG_TAIL_LINES:])
-        return f"{' '.join(self.proc.args)} {what}; log {self.log_path}:\n{tail or '(empty)'}"
+        return f"{' '.join(self.cmd)} {what}; log {self.log_path}:\n{tail or '(empty)'}"
 
 
 def _ready_port(log_text: str) -> int | None:

@@ -21,6 +21,11 @@ Faults (`faults=FaultPlan`, see `workbench.stack.faults`): with an `rpc` section
 (`rpc_proxy`) sits between every client and anvil (`endpoints.rpc_url` is the proxy), started
 disarmed so start-up and funding are clean; `storage` / `inference` go into those servers'
 config key `faults`. `fault_schedule()` gives the run's timed kills, restarts and chain stalls.
+
+Vana-address mode (`vana_addresses=True`, or the profile's `chain.vana_addresses: true`): the
+chain id is Moksha's (14800) and the four contracts sit at the addresses Vana's SDK has built in
+(`workbench.vana.network.SDK_CONTRACTS`), so the unchanged SDK can run against this stack.
+Signatures made there are for Moksha's EIP-712 domain: use test wallets only.
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ from workbench.events import Clock, Emit
 from workbench.params import load_profile
 from workbench.stack import anvil
 from workbench.stack.components import start_component
-from workbench.stack.deploy import deploy_all
+from workbench.stack.deploy import deploy_all, deploy_at_sdk_addresses
 from workbench.stack.faults import FaultPlan, FaultSchedule
 from workbench.stack.process import free_port
 from workbench.vana.crypto import public_key_of
+from workbench.vana.network import MOKSHA_CHAIN_ID
 from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 
 log = logging.getLogger("workbench.stack.local")
@@ -63,7 +69,7 @@ MODULES = {
     "api": "api_server",
     PROXY: "rpc_proxy",
 }
-AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: with automine a tx still pending after this is stuck
+AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: the least time between two sends of one nonce
 DEV_ACCOUNTS = 20
 FIRST_RELAYER = 2  # dev accounts: 0 deployer and funder, 1 the app, 2.. relayers
 MAX_RELAYERS = DEV_ACCOUNTS - FIRST_RELAYER
@@ -83,8 +89,13 @@ class LocalStack:
         ports: dict[str, int] | None = None,
         keep: bool = False,
         faults: FaultPlan | None = None,
+        vana_addresses: bool | None = None,
     ):
         self.profile = load_profile(profile) if isinstance(profile, str) else dict(profile)
+        if vana_addresses is None:  # the profile's `chain.vana_addresses`, default off
+            vana_addresses = bool(self.profile["chain"].get("vana_addresses", False))
+        self.vana_addresses = vana_addresses
+        self.chain_id = MOKSHA_CHAIN_ID if vana_addresses else anvil.CHAIN_ID
         self.relayers = _relayer_count(self.profile)
         self.faults = faults
         self.ports = dict(ports or {})
@@ -188,7 +199,9 @@ class LocalStack:
                 {"server_seed": secrets.token_hex(32)},
             ),
             self._component(
-                "api", self._api_config(rpc_url, personal_url, contracts), self._api_secrets()
+                "api",
+                self._api_config(rpc_url, personal_url, storage_url, contracts),
+                self._api_secrets(),
             ),
         )
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
@@ -199,7 +212,7 @@ class LocalStack:
             api_url=self._urls["api"],
             personal_server_url=self._urls["personal"],
             storage_url=storage_url,
-            chain_id=anvil.CHAIN_ID,
+            chain_id=self.chain_id,
             contracts=contracts,
             grantee_id=GRANTEE_ID,
         )
@@ -210,9 +223,8 @@ class LocalStack:
         proc = await self._spawn("anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS))
         await anvil.wait_ready(rpc_url, timeout_s=ANVIL_READY_S, proc=proc)
         app_key = anvil.dev_key(1)
-        return await deploy_all(
-            rpc_url, anvil.dev_key(0), anvil.dev_address(1), public_key_of(app_key)
-        )
+        deploy = deploy_at_sdk_addresses if self.vana_addresses else deploy_all
+        return await deploy(rpc_url, anvil.dev_key(0), anvil.dev_address(1), public_key_of(app_key))
 
     async def _proxy(self, anvil_url: str) -> str | None:
         """The fault-injecting RPC proxy's URL, or None without an rpc fault section."""
@@ -273,12 +285,13 @@ class LocalStack:
         self, port: int, rpc_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         inference = self.profile["inference"]
-        config = {
+        config: dict[str, Any] = {
             "port": port,
             "rpc_url": rpc_url,
-            "chain_id": anvil.CHAIN_ID,
+            "chain_id": self.chain_id,
             "storage_url": storage_url,
             "contracts": contracts,
+            "data_dir": str(self._workdir() / "personal"),  # its operations outlive a restart
             "inference": {
                 "backend": "simulated",
                 "latency_s": list(inference.get("latency_s", [0, 0])),
@@ -294,19 +307,21 @@ class LocalStack:
         return config
 
     def _api_config(
-        self, rpc_url: str, personal_url: str, contracts: dict[str, str]
+        self, rpc_url: str, personal_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         overrides = dict(self.profile.get("api") or {})  # optional: timeouts, relayer polling
         block_time = float(self.profile["chain"].get("block_time_s") or 0)
-        # Stuck = pending three blocks (with automine a few seconds: only a stall does that).
+        # Stuck = passed over by three blocks (the relayer's default), and no sooner than three
+        # block times (with automine a few seconds) after its last send.
         relayer = {"stuck_after_s": 3 * block_time if block_time > 0 else AUTOMINE_STUCK_AFTER_S}
         relayer.update(overrides.pop("relayer", None) or {})
         return {
             "port": self.ports.get("api", 0),
             "rpc_url": rpc_url,
-            "chain_id": anvil.CHAIN_ID,
+            "chain_id": self.chain_id,
             "contracts": contracts,
             "personal_server_url": personal_url,
+            "storage_url": storage_url,  # grant files the app stores (storeGrantFile)
             **overrides,
             "relayer": relayer,
         }

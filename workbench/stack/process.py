@@ -43,7 +43,7 @@ def spawn(
 ) -> subprocess.Popen:
     """Starts `cmd` in its own process group, tied to this process's life, output to `log_path`."""
     full_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen(
             list(cmd),
@@ -56,7 +56,7 @@ def spawn(
             start_new_session=True,  # Ctrl-C in a terminal reaches the owner, which stops us in order
         )
     finally:
-        if log_path:
+        if not isinstance(out, int):  # DEVNULL is an int; a log file is ours to close
             out.close()
 
 

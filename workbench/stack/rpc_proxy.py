@@ -134,6 +134,7 @@ class RpcProxy:
 
     async def _forward(self, body: bytes) -> web.Response:
         headers = {"Content-Type": "application/json"}
+        assert self.session is not None  # set by start(), before any request is served
         try:
             async with self.session.post(self.upstream, data=body, headers=headers) as resp:
                 payload = await resp.read()

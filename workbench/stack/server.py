@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from workbench.errors import WorkbenchError
 from workbench.secrets import redact, redact_logs
@@ -39,7 +41,7 @@ RECURSION_LIMIT = 1000
 log = logging.getLogger("workbench.stack")
 
 Gauges = Callable[[], Mapping[str, float | int]]
-GAUGES_KEY = web.AppKey("gauges", object)
+GAUGES_KEY = web.AppKey[Gauges]("gauges")
 
 
 class ApiError(Exception):
@@ -221,21 +223,25 @@ def _json_protocol_errors() -> None:
     """Requests aiohttp cannot parse (a request line over 8 KiB, a bad header byte) never reach
     the middleware: aiohttp answers them itself, in plain text. Make those answers JSON too, so
     every error a client sees has one shape. Patches this server process only."""
-    from aiohttp.web_protocol import RequestHandler
-
     plain = RequestHandler.handle_error
-    if getattr(plain, "json_errors", False):
+    if plain.__module__ == __name__:  # patched already
         return
 
-    def handle_error(self, request, status=500, exc=None, message=None):
+    def handle_error(
+        self: RequestHandler,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         answer = plain(self, request, status, exc, message)  # logs; raises if a reply began
         text = "internal server error" if status >= 500 else message or answer.reason
         response = error_response(status, text)
         response.force_close()  # as aiohttp does: the stream may be out of step
         return response
 
-    handle_error.json_errors = True
-    RequestHandler.handle_error = handle_error
+    # A deliberate patch: aiohttp offers no hook for errors raised before routing.
+    RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int) -> int:

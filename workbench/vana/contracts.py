@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from eth_typing import ABIError
 from eth_utils import abi_to_signature, function_signature_to_4byte_selector
 
 ABI_DIR = Path(__file__).resolve().parent / "abi"
@@ -41,7 +42,7 @@ def abi_json(entries: list[dict[str, Any]]) -> str:
 def errors_by_selector() -> dict[bytes, dict[str, Any]]:
     """Every custom error of the four contracts by its 4-byte selector, to name reverts."""
     return {
-        function_signature_to_4byte_selector(abi_to_signature(item)): item
+        function_signature_to_4byte_selector(abi_to_signature(cast(ABIError, item))): item
         for name in CONTRACT_NAMES
         for item in abi(name)
         if item.get("type") == "error"

@@ -159,7 +159,7 @@ def _packets(buf: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _new_format_body(take) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         o = take(1)[0]
         if o < 192:
@@ -208,7 +208,9 @@ def decrypt_file(blob: bytes, password: str) -> bytes:
 
 def _decrypt_sequoia(blob: bytes, password: str) -> bytes:
     try:
-        return bytes(pysequoia.decrypt(blob, passwords=[password]).bytes)
+        plain = pysequoia.decrypt(blob, passwords=[password]).bytes
+        assert plain is not None  # None only when decrypting to a file
+        return bytes(plain)
     except Exception as e:  # pysequoia raises bare RuntimeError with a Rust backtrace
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DecryptionError(f"OpenPGP decryption failed (wrong password?): {reason}") from e

@@ -41,6 +41,7 @@ class RetryPolicy:
     base_s: float = 0.1
     cap_s: float = 2.0
     within_s: float | None = None
+    jitter: bool = True  # False: wait the bare ceiling (upstream's load-test client did)
 
     def __post_init__(self) -> None:
         if self.attempts is None and self.within_s is None:
@@ -57,7 +58,9 @@ class RetryPolicy:
         return min(self.cap_s, self.base_s * 2 ** min(retry, MAX_DOUBLINGS))
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        """The wait before retry `retry` (0-based), full jitter."""
+        """The wait before retry `retry` (0-based): full jitter, or the ceiling without it."""
+        if not self.jitter:
+            return self.ceiling(retry)
         return (rng or random).uniform(0, self.ceiling(retry))
 
     def allows(self, attempt: int, elapsed_s: float) -> bool:

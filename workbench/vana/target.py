@@ -4,8 +4,9 @@ A `Target` carries no secrets, only the *name* of the environment variable that 
 key, so it can be written into `config.json` and reports as is.
 
 Remote targets are YAML files (`params/targets/<name>.yaml`, or any path): chain id, RPC URLs,
-the four contract addresses, the app's API server, the personal server, storage and the grantee
-id. `load_target` checks the file's shape (every mistake names the file, the key and the fix);
+the four contract addresses, the app's API server, the personal server (its base URL may carry a
+path, as Vana's `https://test.server.vana.com/api/v1`), storage (one of the SDK's IPFS providers,
+see `workbench.vana.ipfs`) and the grantee id. `load_target` checks the file's shape (every mistake names the file, the key and the fix);
 `workbench.driver.preflight` then checks that each endpoint answers as the file says.
 """
 
@@ -24,12 +25,13 @@ from workbench import params
 from workbench.errors import WorkbenchError
 from workbench.secrets import HEX64, looks_like_mnemonic
 from workbench.vana.contracts import CONTRACT_NAMES
+from workbench.vana.ipfs import DEFAULT_TOKEN_ENV, KINDS, IpfsProvider
 
 # The env var a local target's funder key sits in (anvil dev account 0; public knowledge).
 LOCAL_FUNDER_KEY_ENV = "WORKBENCH_FUNDER_KEY"
-# Storage kinds a target may name. Only Kubo's RPC API is spoken today; a new kind needs a
-# client in flow.py, a reachability check in preflight.py and a deleter in cleanup.py.
-STORAGE_KINDS = ("kubo",)
+# Storage kinds a target may name: the SDK's IPFS providers (workbench.vana.ipfs). A new kind
+# needs a client there, a check in preflight.py and a deleter in cleanup.py.
+STORAGE_KINDS = KINDS
 # A value that starts with this is a slot the user has to fill; preflight refuses to go on.
 PLACEHOLDER = "REPLACE_ME"
 ZERO_ADDRESS = "0x" + "0" * 40
@@ -84,6 +86,16 @@ class Target:
     rpc_urls: tuple[str, ...] = ()
     storage_kind: str = "kubo"
     placeholders: dict[str, str] = field(default_factory=dict)
+    gateway_url: str = ""  # "" = the provider's default (kubo: <storage_url>/ipfs)
+    storage_token_env: str = DEFAULT_TOKEN_ENV  # pinata: the variable holding its JWT
+
+    @property
+    def ipfs(self) -> IpfsProvider:
+        """The storage the flow uploads to and how (no secret: the JWT stays in the env)."""
+        url, gateway = self.endpoints.storage_url, self.gateway_url or None
+        if self.storage_kind == "pinata":
+            return IpfsProvider.pinata(url, gateway, self.storage_token_env)
+        return IpfsProvider.kubo(url, gateway)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +104,7 @@ class Target:
             "endpoints": self.endpoints.to_json(),
             "rpc_urls": list(self.rpc_urls or (self.endpoints.rpc_url,)),
             "storage_kind": self.storage_kind,
+            "storage": self.ipfs.to_json(),
             "profile": self.profile.get("name"),
             "funder_key_env": self.funder_key_env,
             "pids": dict(self.pids),
@@ -102,7 +115,14 @@ class Target:
 
 URL_KEYS = ("api_url", "personal_server_url", "storage_url")
 REQUIRED_KEYS = ("chain_id", "rpc_urls", "contracts", *URL_KEYS, "grantee_id")
-OPTIONAL_KEYS = ("name", "description", "storage_kind", "funder_key_env")
+OPTIONAL_KEYS = (
+    "name",
+    "description",
+    "storage_kind",
+    "gateway_url",
+    "storage_token_env",
+    "funder_key_env",
+)
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "password", "token", "key")
 
@@ -130,12 +150,18 @@ def load_target(name_or_path: str | Path) -> Target:
             grantee_id=_grantee_id(doc["grantee_id"], shown),
         ),
         profile={},
-        funder_key_env=_env_name(doc.get("funder_key_env", LOCAL_FUNDER_KEY_ENV), shown),
+        funder_key_env=_env_name(
+            doc.get("funder_key_env", LOCAL_FUNDER_KEY_ENV), shown, "funder_key_env"
+        ),
         name=str(doc.get("name") or path.stem),
         source=shown,
         rpc_urls=tuple(rpc_urls),
         storage_kind=_storage_kind(doc.get("storage_kind", "kubo"), shown),
         placeholders=placeholders,
+        gateway_url=_gateway_url(doc.get("gateway_url"), shown, "gateway_url" in placeholders),
+        storage_token_env=_env_name(
+            doc.get("storage_token_env", DEFAULT_TOKEN_ENV), shown, "storage_token_env"
+        ),
     )
 
 
@@ -271,15 +297,19 @@ def _grantee_id(value: Any, shown: str) -> int:
     return 0 if _is_placeholder(value) else _int(value, f"{shown}: grantee_id", minimum=1)
 
 
-def _env_name(value: Any, shown: str) -> str:
+def _env_name(value: Any, shown: str, key: str) -> str:
     if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        example = LOCAL_FUNDER_KEY_ENV if key == "funder_key_env" else DEFAULT_TOKEN_ENV
         raise WorkbenchError(
-            f"{shown}: funder_key_env",
+            f"{shown}: {key}",
             f"{value!r} is not an environment variable name",
-            f"name the variable, e.g. {LOCAL_FUNDER_KEY_ENV}; the key itself stays in the "
-            "environment",
+            f"name the variable, e.g. {example}; the secret itself stays in the environment",
         )
     return value
+
+
+def _gateway_url(value: Any, shown: str, placeholder: bool) -> str:
+    return "" if value is None else _url(value, f"{shown}: gateway_url", placeholder)
 
 
 def _storage_kind(value: Any, shown: str) -> str:

@@ -12,6 +12,7 @@ tuples, arrays as lists.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from eth_abi import decode, encode
@@ -54,11 +55,28 @@ class ViewFunction:
         return values[0] if len(values) == 1 else values
 
 
+_VIEWS: weakref.WeakKeyDictionary[Any, dict[str, ViewFunction]] = weakref.WeakKeyDictionary()
+
+
+def view(contract: Any, name: str) -> ViewFunction:
+    """The contract's view `name`, its ABI resolved once per contract object (then cached)."""
+    views = _VIEWS.setdefault(contract, {})
+    if name not in views:
+        views[name] = ViewFunction(contract, name)
+    return views[name]
+
+
+# Element types that decode to what web3 gives as they are: no per-element reshaping needed.
+_PLAIN = ("uint", "int", "bool", "bytes", "string")
+
+
 def _web3_shaped(item: dict[str, Any], value: Any) -> Any:
     """Checksummed addresses and list arrays anywhere inside one decoded output, as web3 gives."""
     kind = item["type"]
     if kind.endswith("]"):
         inner = {**item, "type": kind[: kind.rindex("[")]}
+        if inner["type"].startswith(_PLAIN) and not inner["type"].endswith("]"):
+            return list(value)  # e.g. a grantee's growing uint256[] of permission ids
         return [_web3_shaped(inner, v) for v in value]
     if kind == "address":
         return to_checksum_address(value)

@@ -44,6 +44,8 @@ STEPS = (
 ERROR_CLASSES = (
     "storage",
     "rpc",
+    "api",
+    "personal",
     "http",
     "nonce",
     "relay",

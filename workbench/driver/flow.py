@@ -16,6 +16,7 @@ import random
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -50,6 +51,24 @@ STEP_CLASS = {
     "inference_submit": "inference",
     "inference_poll": "inference",
 }
+# A connection refused or reset by a component's port is that component's failure, whatever step
+# ran (the API server down fails inference steps too): its class, by the endpoint it serves.
+ENDPOINT_CLASS = {
+    "api_url": "api",
+    "storage_url": "storage",
+    "personal_server_url": "personal",
+    "rpc_url": "rpc",
+}
+# What a dead or dying server does to a connection: refuses it, drops it before answering, cuts
+# the answer short. (A timeout is not one: the server may be alive and slow.)
+CONNECTION_FAILURES = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+)
 
 
 class FlowError(Exception):
@@ -113,6 +132,17 @@ class FlowContext:
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
 
+    def endpoint_class(self, url: str | None) -> str | None:
+        """The error class of the component serving `url`, matched by host and port."""
+        if url is None:
+            return None
+        host_port = _host_port(url)
+        for name, cls in ENDPOINT_CLASS.items():
+            urls = str(getattr(self.endpoints, name)).split(",")  # rpc_url may list several
+            if host_port in {_host_port(u.strip()) for u in urls}:
+                return cls
+        return None
+
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
             address = self.endpoints.contracts[name]
@@ -151,6 +181,7 @@ class FlowRecord:
     current: str | None = None
     deadline_ns: int = 0
     step_extra: dict[str, Any] = field(default_factory=dict)  # facts for the current step event
+    peer: str | None = None  # the URL the current step last sent a request to
     result: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,6 +206,7 @@ class FlowRun:
         """Times one step and emits its event; failures become FlowError with a class."""
         self.rec.current = name
         self.rec.step_extra = {}
+        self.rec.peer = None
         attempts = [1]
         t0, start_ns, error, error_class = self.ctx.clock.now(), time.perf_counter_ns(), None, None
         try:
@@ -193,7 +225,7 @@ class FlowRun:
             error, error_class = f"timeout in {name}", "timeout"
             raise FlowError("timeout", f"timeout in {name}") from e
         except Exception as e:  # any other failure is classified by the step it happened in
-            error, error_class = _describe(e), classify(name, e)
+            error, error_class = _describe(e), self._refused_by(e) or classify(name, e)
             raise FlowError(error_class, error) from e
         finally:
             duration = (time.perf_counter_ns() - start_ns) / 1e9
@@ -215,6 +247,17 @@ class FlowRun:
                     **self.rec.step_extra,
                 }
             )
+
+    def _refused_by(self, exc: BaseException) -> str | None:
+        """The class of the component whose port refused or reset the failed connection; None
+        if the failure was something else. The address comes from the error when it has one (a
+        refused connect, also web3's), else from this step's last request."""
+        failure = _connection_failure(exc)
+        if failure is None:
+            return None
+        if isinstance(failure, aiohttp.ClientConnectorError):
+            return self.ctx.endpoint_class(f"http://{failure.host}:{failure.port}")
+        return self.ctx.endpoint_class(self.rec.peer)
 
     async def run(self, data: bytes) -> None:
         ctx, w = self.ctx, self.wallet
@@ -391,6 +434,7 @@ class FlowRun:
         return await self.request("POST", url, json=body)
 
     async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.rec.peer = url
         timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
         async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
             try:
@@ -485,6 +529,23 @@ def classify(step: str, exc: BaseException) -> str:
             return "relay"
         return STEP_CLASS.get(step, "http")
     return STEP_CLASS.get(step, "internal")
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """`exc` or an exception it was raised from that is a connection failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECTION_FAILURES):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.hostname or "").lower(), port
 
 
 def _grantee_address(grantee: Any) -> str:

@@ -4,7 +4,9 @@
   port (0 = any free), rpc_url, chain_id, personal_server_url,
   contracts {DataPortabilityPermissions: address, ...},
   relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_s (15): replace a tx pending longer},
-  rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
+  rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline,
+  max_calldata_bytes (131072): the largest transaction a relay may make (geth's txpool refuses
+  transactions over 128 KiB, so a bigger one could never be mined on a geth-based chain).
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
 Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
@@ -15,16 +17,23 @@ Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
   POST /api/trusted-server             {"permissionId": N} -> {"success": true, "data": {"id"}}
   POST /api/trusted-server/poll        {"operationId", "chainId"}
                                        -> {"success": true, "data": {"status", "result"}}
+A relay's validation, ABI encoding and signature recovery run in worker threads (seconds of CPU
+for a payload of thousands of entries), each once, so the event loop keeps answering.
+
 Status codes: 400 malformed body or foreign domain; 403 signature not from expectedUserAddress;
-409 replayed/pending nonce; 422 the contract would revert otherwise; 404 unknown operation;
+409 replayed/pending nonce; 413 a relay too large for one transaction (judged before any RPC when
+its size or a lower bound of its gas shows it, else by the simulation), naming the largest field;
+422 the contract would revert otherwise; 404 unknown operation;
 the personal server's own refusals (400/403/404/409/422) and a full queue (503) pass through;
 502 the personal server or the RPC failed (504 when it timed out): a downstream fault, not ours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -44,10 +53,13 @@ from workbench.stack.server import (
     secrets,
 )
 from workbench.vana import chain, permission
-from workbench.vana.crypto import personal_sign
+from workbench.vana.crypto import canonical_signature, personal_sign
 
 APP_KEY = web.AppKey("api_server", object)
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_CALLDATA = 128 * 1024
+TX_GAS, ZERO_BYTE_GAS, DATA_BYTE_GAS = 21_000, 4, 16  # intrinsic gas (EIP-2028)
+NEW_SLOT_GAS = 20_000  # an SSTORE from zero: each 32 bytes of the grant, stored in a new slot
 
 
 def operation_request_json(permission_id: int) -> str:
@@ -72,6 +84,9 @@ class ApiServer:
         self.personal_timeout = aiohttp.ClientTimeout(
             total=float(config.get("personal_server_timeout_s", DEFAULT_TIMEOUT_S))
         )
+        self.max_calldata = int(config.get("max_calldata_bytes", DEFAULT_MAX_CALLDATA))
+        self.block_gas_limit = 0  # read at start
+        self.checks = ThreadPoolExecutor(2, thread_name_prefix="relay-check")
         self.session: aiohttp.ClientSession | None = None
         self.relayer: Relayer | None = None
         self.w3 = None
@@ -90,6 +105,7 @@ class ApiServer:
             raise WorkbenchError(
                 "chain_id", f"rpc_url serves chain {actual}, not {self.chain_id}", "fix the config"
             )
+        self.block_gas_limit = int((await self.w3.eth.get_block("latest"))["gasLimit"])
         settings = self.config.get("relayer") or {}
         self.relayer = Relayer(
             self.w3,
@@ -108,6 +124,7 @@ class ApiServer:
             await self.session.close()
         if self.w3:
             await chain.close_web3(self.w3)
+        self.checks.shutdown(wait=False, cancel_futures=True)
 
     # --- routes
 
@@ -123,24 +140,63 @@ class ApiServer:
             request, {"typedData": dict, "signature": str, "expectedUserAddress": str}
         )
         expected = _address(body["expectedUserAddress"], "expectedUserAddress")
-        try:
-            typed = permission.validate(body["typedData"])
-        except ValueError as e:
-            raise ApiError(400, f"invalid typedData: {e}") from None
-        self._check_domain(typed["domain"])
-        try:
-            signer = permission.recover(typed, body["signature"])
-        except ValueError as e:
-            raise ApiError(400, f"invalid {e}") from None
+        loop = asyncio.get_running_loop()
+        typed, signer, struct = await loop.run_in_executor(self.checks, self._check_relay, body)
         if signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
         try:
-            tx_hash = await self.relayer.relay(
-                signer, permission.contract_input(typed), body["signature"]
-            )
+            tx_hash = await self.relayer.relay(signer, struct, body["signature"])
         except RelayError as e:
+            if e.status == 413:  # the simulation ran out of gas: say which field to shrink
+                raise ApiError(413, f"{_largest_field(typed)} is too large: {e.message}") from None
             raise ApiError(e.status, e.message) from None
         return web.json_response({"success": True, "transactionHash": tx_hash})
+
+    def _check_relay(self, body: dict[str, Any]) -> tuple[dict, str, tuple]:
+        """(typed data, signer, contract input) of a relay body, validated once; 400 for bad
+        input, 413 for a payload no block could take. CPU-heavy: runs in a worker thread."""
+        try:
+            valid = permission.Validated.of(body["typedData"])
+        except ValueError as e:
+            raise ApiError(400, f"invalid typedData: {e}") from None
+        self._check_domain(valid.typed["domain"])
+        try:
+            canonical_signature(body["signature"])
+        except ValueError as e:
+            raise ApiError(400, f"invalid {e}") from None
+        struct = valid.contract_input()
+        calldata = self.relayer.calldata(struct, body["signature"])
+        self._check_size(valid.typed, bytes.fromhex(calldata[2:]))  # before recovery: cheaper
+        try:
+            signer = valid.recover(body["signature"])
+        except ValueError as e:
+            raise ApiError(400, f"invalid {e}") from None
+        return valid.typed, signer, struct
+
+    def _check_size(self, typed: dict[str, Any], calldata: bytes) -> None:
+        """413 before any RPC for a relay that cannot fit a transaction or a block: its calldata
+        over `max_calldata_bytes`, or a lower bound of its gas (intrinsic gas plus storing the
+        grant) over the block gas limit."""
+        if len(calldata) > self.max_calldata:
+            raise ApiError(
+                413,
+                f"{_largest_field(typed)} is too large: the transaction would carry "
+                f"{len(calldata):,} bytes of calldata, at most {self.max_calldata:,} are relayed",
+            )
+        zeros = calldata.count(0)
+        grant_words = (len(typed["message"]["grant"].encode()) + 31) // 32
+        floor = (
+            TX_GAS
+            + ZERO_BYTE_GAS * zeros
+            + DATA_BYTE_GAS * (len(calldata) - zeros)
+            + NEW_SLOT_GAS * grant_words
+        )
+        if floor > self.block_gas_limit:
+            raise ApiError(
+                413,
+                f"{_largest_field(typed)} is too large: the relay needs at least {floor:,} gas, "
+                f"a block holds {self.block_gas_limit:,}",
+            )
 
     def _check_domain(self, domain: dict[str, Any]) -> None:
         """The message must be for our Permissions contract on our chain, or it cannot verify."""
@@ -202,6 +258,13 @@ class ApiServer:
             raise ApiError(504, f"personal server timed out after {limit:g} s") from None
         except aiohttp.ClientError as e:
             raise ApiError(502, f"personal server unreachable: {type(e).__name__}: {e}") from None
+
+
+def _largest_field(typed: dict[str, Any]) -> str:
+    """The message field with the most data, named as the client sent it."""
+    message = typed["message"]
+    name = max(message, key=lambda k: len(json.dumps(message[k], default=str)))
+    return f"typedData.message.{name}"
 
 
 def _address(value: str, name: str) -> str:

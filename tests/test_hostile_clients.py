@@ -18,8 +18,10 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,13 +47,13 @@ JSON_ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def servers(local_stack, tmp_path_factory) -> Iterator[dict[str, tuple[str, int]]]:
+def servers(local_stack) -> Iterator[dict[str, tuple[str, int]]]:
     """name -> (base URL, pid): the shared stack's servers plus an unarmed RPC proxy."""
     ep = local_stack.endpoints
     pids = local_stack.pids
-    tmp = tmp_path_factory.mktemp("hostile")
     config = {"upstream": ep.rpc_url, "armed": False}
-    proc, proxy = start_component("workbench.stack.rpc_proxy", config, log_path=tmp / "p.log")
+    log_path = local_stack.logs_dir / "hostile_rpc_proxy.log"
+    proc, proxy = start_component("workbench.stack.rpc_proxy", config, log_path=log_path)
     try:
         yield {
             "storage": (ep.storage_url, pids["storage"]),
@@ -61,6 +63,21 @@ def servers(local_stack, tmp_path_factory) -> Iterator[dict[str, tuple[str, int]
         }
     finally:
         stop_component(proc)
+
+
+LOG_NAMES = {
+    "storage": "storage",
+    "api": "api",
+    "personal": "personal",
+    "rpc_proxy": "hostile_rpc_proxy",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def log_offsets(servers, local_stack) -> dict[str, tuple[Path, int]]:
+    """Where each server's log stood before this module: what it logs afterwards is ours."""
+    paths = {name: local_stack.logs_dir / f"{log}.log" for name, log in LOG_NAMES.items()}
+    return {name: (path, path.stat().st_size) for name, path in paths.items()}
 
 
 @contextmanager
@@ -298,10 +315,11 @@ def test_wrong_content_types_and_encodings_are_415_or_413(servers, local_stack):
 
 
 def test_slow_clients_are_dropped_and_idle_keepalive_is_kept(servers, tmp_path):
-    """Silent mid-request (fresh, half a request line, half a body) -> closed after the 5 s read
-    timeout; a client dripping a byte a second -> closed at the request deadline (a server
-    started here with a short one); an idle keep-alive connection -> kept, and reusable."""
-    config = {"request_timeout_s": 4, "max_upload_bytes": 1 << 20}
+    """Silent mid-request (half a request line, half a body) -> closed after the 5 s read
+    timeout; a client dripping a byte a second -> closed at the request deadline, and one that
+    never sends -> at the idle timeout (on a server started here with short ones); an idle
+    keep-alive connection -> kept, and reusable."""
+    config = {"request_timeout_s": 3, "idle_timeout_s": 6, "max_upload_bytes": 1 << 20}
     proc, drip_url = start_component("workbench.stack.storage", config, log_path=tmp_path / "s.log")
     try:
         with watched(servers):
@@ -323,15 +341,18 @@ async def _slowloris(servers: dict[str, tuple[str, int]], drip_url: str) -> None
     for name, (url, _) in servers.items():
         path, kind, part = HALF_BODY[name]
         half = request_bytes("POST", path, {"Content-Type": kind, "Content-Length": "1000"}, part)
-        silent += [(url, start) for start in (b"", b"GET /hea", half) for _ in range(10)]
+        silent += [(url, start) for start in (b"GET /hea", half) for _ in range(10)]
     keep = [await _keepalive(url) for url, _ in servers.values()]
     t0 = time.monotonic()
     closed = await asyncio.gather(
-        *(_silent(url, start) for url, start in silent), *(_drip(drip_url) for _ in range(10))
+        *(_silent(url, start) for url, start in silent),
+        *(_drip(drip_url) for _ in range(10)),
+        *(_silent(drip_url, b"") for _ in range(10)),
     )
-    silent_s, drip_s = closed[: len(silent)], closed[len(silent) :]
+    silent_s, drip_s, idle_s = closed[: len(silent)], closed[-20:-10], closed[-10:]
     assert all(4 <= s <= 9 for s in silent_s), sorted(silent_s)  # 5 s, swept once a second
-    assert all(3 <= s <= 8 for s in drip_s), sorted(drip_s)  # 4 s deadline despite the drip
+    assert all(2.5 <= s <= 6 for s in drip_s), sorted(drip_s)  # 3 s deadline despite the drip
+    assert all(5 <= s <= 9 for s in idle_s), sorted(idle_s)  # 6 s idle timeout
     assert time.monotonic() - t0 >= 4
     for reader, writer in keep:  # idle all along, then reused: still served
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -571,3 +592,19 @@ async def _uploads(url: str, n: int, size: int) -> list[str]:
                 return (await resp.json())["Hash"]
 
         return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+# --- last: what all of the above left in the servers' logs ---------------------------------------
+
+
+def test_refusals_log_one_line_and_never_a_traceback(servers, log_offsets):
+    marker = f"hostile-{uuid.uuid4().hex}"
+    for url, _ in servers.values():
+        assert_4xx_json(*call(url, "GET", f"/{marker}"), expect=404)
+    for name, (path, offset) in log_offsets.items():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+        assert "Traceback" not in text, (name, text[text.index("Traceback") - 500 :][:3000])
+        assert text.count(marker) == 1, (name, text[-2000:])
+        assert "refused an unparsable request" in text and "dropped a slow client" in text, name

@@ -6,11 +6,12 @@ otherwise), and keeps serving; a bug answers 500 JSON and is logged with its tra
 read only through this module (`json_body`, `read_body`, `reading`), which also answers what
 aiohttp itself refuses (a broken request line, huge headers) in JSON.
 
-Slow clients are dropped: a connection that owes the server bytes (a fresh connection, a request
-whose headers or body are incomplete) and sends nothing for `read_timeout_s` (5), or has not
-finished its request after `request_timeout_s` (20), is closed; an idle keep-alive connection after
-`keepalive_timeout_s` (60, longer than client pools keep theirs, so a reused connection never
-races its closing). All three are optional keys of the component config.
+Slow clients are dropped: a connection in the middle of a request (its headers or body incomplete)
+that sends nothing for `read_timeout_s` (5), or has not finished the request `request_timeout_s`
+(20) after its first byte, is closed; so is one with no request under way (new, or kept alive
+between requests) after `idle_timeout_s` (30: longer than client pools keep idle connections,
+15 s for aiohttp, so a reused connection never races its closing, and long enough for an
+overloaded client to get round to sending). All three are optional keys of the component config.
 
 It has `GET /health` and `GET /metrics` (JSON gauges), reads its config from `WORKBENCH_COMPONENT`
 and its secrets from `WORKBENCH_SECRETS` (both JSON), binds 127.0.0.1 and tells its parent it is
@@ -50,7 +51,7 @@ UINT256_MAX = 2**256 - 1  # what the contracts take: a larger id can only be a b
 # and the server dies of SIGSEGV. Servers need no deep recursion: back to Python's default.
 RECURSION_LIMIT = 1000
 # Patience with clients (see the module docstring); each is a component config key.
-TIMEOUTS = {"read_timeout_s": 5.0, "request_timeout_s": 20.0, "keepalive_timeout_s": 60.0}
+TIMEOUTS = {"read_timeout_s": 5.0, "request_timeout_s": 20.0, "idle_timeout_s": 30.0}
 SWEEP_INTERVAL_S = 1.0
 LINGER_S = 2.0  # after refusing a body, how long its rest is read and dropped before closing
 # Content-Encodings a body may have (zlib window bits); aiohttp's own decompression is off, so a
@@ -342,7 +343,7 @@ async def serve(
     runner = _Runner(
         app,
         access_log=None,  # per-request logging would distort load runs
-        keepalive_timeout=timeouts["keepalive_timeout_s"],
+        keepalive_timeout=timeouts["idle_timeout_s"],  # aiohttp's timer also covers new ones
         lingering_time=LINGER_S,
     )
     watchdog = asyncio.create_task(watch_parent())
@@ -373,7 +374,7 @@ class PatientHandler(RequestHandler):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.heard = self.began = self._loop.time()
-        self.partial = True  # a new connection owes its first request
+        self.partial = False  # until its first byte, aiohttp's keep-alive timer watches it
 
     def data_received(self, data: bytes) -> None:
         if data:
@@ -478,7 +479,7 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 
 def run(app: web.Application, port: int = 0) -> None:
     """Entry point of a component's `__main__`: logging to stderr, serve, exit 0 on a signal.
-    The component config's `read_timeout_s`, `request_timeout_s` and `keepalive_timeout_s`
+    The component config's `read_timeout_s`, `request_timeout_s` and `idle_timeout_s`
     override the defaults in `TIMEOUTS`."""
     logging.basicConfig(
         level=os.environ.get("WORKBENCH_LOG_LEVEL", "INFO"),

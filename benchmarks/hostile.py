@@ -36,6 +36,7 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ BROKEN = [
     b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
     b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
 ]
+LOGS = {"storage": "storage", "api": "api", "personal": "personal", "rpc_proxy": "rpc_proxy"}
 TRAVERSALS = [
     "../../../../etc/passwd",
     "..%2f..%2fetc%2fpasswd",
@@ -118,7 +120,7 @@ class Tally:
         self.by_phase: dict[str, Counter[str]] = {}
 
     def add(self, phase: str, status: int) -> None:
-        kind = "5xx" if status >= 500 else "4xx" if status >= 400 else "other"
+        kind = f"{status // 100}xx" if 200 <= status < 600 else "no_answer"
         self.by_phase.setdefault(phase, Counter())["requests"] += 1
         self.by_phase[phase][kind] += 1
 
@@ -126,7 +128,7 @@ class Tally:
         total = Counter()
         for counts in self.by_phase.values():
             total.update(counts)
-        return {"requests": total["requests"], "5xx": total["5xx"], "4xx": total["4xx"]}
+        return {"requests": total["requests"], **{k: total[k] for k in ("5xx", "4xx", "no_answer")}}
 
 
 def address(url: str) -> tuple[str, int]:
@@ -269,22 +271,23 @@ def abusive_relays(stack: LocalStack, rounds: int) -> list[bytes]:
     return bodies * max(1, rounds // 4)
 
 
-async def big_accepted_relays(stack: LocalStack, count: int) -> dict[str, Any]:
+async def big_accepted_relays(stack: LocalStack, count: int, tally: Tally) -> dict[str, Any]:
     """`count` relays of 700 file permissions (distinct readers) each, one after another:
     near the most calldata a relay may carry (128 KiB), and mined."""
     url = f"{stack.endpoints.api_url}/api/relay"
-    timings, statuses = [], Counter()
+    seconds, statuses = [], Counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
         for _ in range(count):
             key = Account.create().key.to_0x_hex()
             readers = [{"account": Account.create().address, "key": "aa" * 8} for _ in range(700)]
             body = relay_body(stack, key, filePermissions=[readers])
-            t0 = time.time()
+            t0 = time.perf_counter()
             async with session.post(url, data=body, headers=JSON) as resp:
                 statuses[resp.status] += 1
+                tally.add("big_relays", resp.status)
                 await resp.read()
-            timings.append((t0, time.time(), len(body)))
-    return {"statuses": dict(statuses), "windows": timings}
+            seconds.append(round(time.perf_counter() - t0, 2))
+    return {"statuses": dict(statuses), "body_bytes": len(body), "seconds": seconds}
 
 
 # --- slowloris and crowds -----------------------------------------------------------------------
@@ -329,7 +332,8 @@ async def slowloris(servers: dict[str, tuple[str, int]], per_server: int) -> dic
     }
 
 
-async def crowd(url: str, n: int) -> int:
+async def crowd(url: str, n: int) -> list[int]:
+    """Opens `n` connections at once, then sends /health on each: the statuses (0: none)."""
     sem = asyncio.Semaphore(500)
 
     async def connect():
@@ -347,13 +351,13 @@ async def crowd(url: str, n: int) -> int:
     finally:
         for _, writer in conns:
             writer.close()
-    return sum(isinstance(a, bytes) and a.startswith(b"HTTP/1.1 200") for a in answers)
+    return [int(a.split(b" ", 2)[1]) if isinstance(a, bytes) and a else 0 for a in answers]
 
 
 # --- storage memory -----------------------------------------------------------------------------
 
 
-async def uploads(url: str, pid: int, n: int, size: int) -> dict[str, Any]:
+async def uploads(url: str, pid: int, n: int, size: int, tally: Tally) -> dict[str, Any]:
     proc = psutil.Process(pid)
     start = proc.memory_info().rss / 2**20
     peak = [start]
@@ -372,6 +376,7 @@ async def uploads(url: str, pid: int, n: int, size: int) -> dict[str, Any]:
             data = i.to_bytes(4, "big") + bytes(size - 4)
             form.add_field("file", data, filename="big", content_type="application/octet-stream")
             async with session.post(f"{url}/api/v0/add", data=form) as resp:
+                tally.add("uploads", resp.status)
                 return (await resp.json())["Hash"] if resp.status == 200 else ""
 
         stop = asyncio.Event()
@@ -403,34 +408,39 @@ async def uploads(url: str, pid: int, n: int, size: int) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-async def attack(stack: LocalStack, servers: dict, args) -> dict[str, Any]:
-    tally, phases = Tally(), {}
-    for phase, jobs in input_jobs(servers, args.rounds, stack.endpoints.chain_id).items():
-        t0 = time.perf_counter()
-        await send_all(tally, phase, jobs)
-        phases[phase] = round(time.perf_counter() - t0, 2)
+async def attack(stack: LocalStack, servers: dict, args) -> tuple[Tally, dict, dict[str, Any]]:
+    """Runs every phase; (tally, {phase: (start, end) wall time}, each phase's figures)."""
+    tally, windows, out = Tally(), {}, {}
+
+    @asynccontextmanager
+    async def phase(name: str):
+        t0 = time.time()
+        yield
+        windows[name] = (t0, time.time())
+
+    for name, jobs in input_jobs(servers, args.rounds, stack.endpoints.chain_id).items():
+        async with phase(name):
+            await send_all(tally, name, jobs)
     api = servers["api"][0]
-    relays = [
-        (api, request("POST", "/api/relay", JSON, b)) for b in abusive_relays(stack, args.rounds)
-    ]
-    await send_all(tally, "relay_abuse", relays, width=4)
-    big = await big_accepted_relays(stack, args.big_relays)
-    t0 = time.perf_counter()
-    loris = await slowloris(servers, args.slowloris)
-    phases["slowloris"] = round(time.perf_counter() - t0, 2)
-    crowds = {}
-    for name, (url, _) in servers.items():
-        crowds[name] = await crowd(url, 2000)
+    relays = abusive_relays(stack, args.rounds)
+    async with phase("relay_abuse"):
+        await send_all(tally, "relay_abuse", [(api, request("POST", "/api/relay", JSON, b))
+                                              for b in relays], width=4)  # fmt: skip
+    async with phase("big_relays"):
+        out["big_relays"] = await big_accepted_relays(stack, args.big_relays, tally)
+    async with phase("slowloris"):
+        out["slowloris"] = await slowloris(servers, args.slowloris)
+    async with phase("crowd_2000"):
+        out["crowd_2000_answered_200"] = {}
+        for name, (url, _) in servers.items():
+            statuses = await crowd(url, 2000)
+            for status in statuses:
+                tally.add("crowd_2000", status)
+            out["crowd_2000_answered_200"][name] = statuses.count(200)
     storage_url, storage_pid = servers["storage"]
-    upload = await uploads(storage_url, storage_pid, args.uploads, 10 << 20)
-    return {
-        "tally": tally,
-        "phase_seconds": phases,
-        "big_relays": big,
-        "slowloris": loris,
-        "crowd_2000_answered": crowds,
-        "uploads": upload,
-    }
+    async with phase("uploads"):
+        out["uploads"] = await uploads(storage_url, storage_pid, args.uploads, 10 << 20, tally)
+    return tally, windows, out
 
 
 def main() -> None:
@@ -459,29 +469,25 @@ def main() -> None:
             watcher = multiprocessing.Process(target=probe, args=(servers, stop, send))
             watcher.start()
             try:
-                result = asyncio.run(attack(stack, servers, args))
+                tally, windows, figures = asyncio.run(attack(stack, servers, args))
             finally:
                 stop.set()
                 seen = receive.recv()
                 watcher.join()
             tracebacks = {
                 name: (stack.logs_dir / f"{log}.log").read_text(errors="replace").count("Traceback")
-                for name, log in (
-                    ("storage", "storage"),
-                    ("api", "api"),
-                    ("personal", "personal"),
-                    ("rpc_proxy", "rpc_proxy"),
-                )
+                for name, log in LOGS.items()
             }
         finally:
             stop_component(proxy)
-    windows = result["big_relays"].pop("windows")
-    during = [
-        took
-        for at, name, took in seen["marks"]
-        if name == "api" and any(a <= at <= b for a, b, _ in windows)
-    ]
-    tally: Tally = result.pop("tally")
+    by_phase = {
+        name: {
+            server: round(max((t for at, s, t in seen["marks"] if s == server and a <= at <= b),
+                              default=0) * 1e3, 1)
+            for server in servers
+        }
+        for name, (a, b) in windows.items()
+    }  # fmt: skip
     report = {
         "profile": args.profile,
         "cpus": os.cpu_count(),
@@ -489,16 +495,13 @@ def main() -> None:
         **tally.totals(),
         "by_phase": {k: dict(v) for k, v in tally.by_phase.items()},
         "worst_health_ms": {k: round(v * 1e3, 1) for k, v in seen["worst"].items()},
+        "api_health_during_big_relays_ms": by_phase["big_relays"]["api"],
+        "worst_health_ms_by_phase": by_phase,
         "health_failures": seen["failures"],
         "peak_rss_mb": {k: round(v, 1) for k, v in seen["peak"].items()},
-        "api_health_during_big_relays_ms": {
-            "samples": len(during),
-            "worst": round(max(during, default=0) * 1e3, 1),
-            "relay_body_bytes": windows[0][2] if windows else 0,
-            "relay_seconds": [round(b - a, 2) for a, b, _ in windows],
-        },
         "tracebacks_in_logs": tracebacks,
-        **result,
+        "phase_seconds": {k: round(b - a, 2) for k, (a, b) in windows.items()},
+        **figures,
     }
     print(json.dumps(report, indent=2))
 

@@ -428,7 +428,8 @@ class PatientHandler(RequestHandler):
         # aiohttp logs a client's broken stream (say, a body cut short while it drains it) with a
         # traceback; one line says as much. Bugs in handlers are logged by `error_middleware`.
         exc = kwargs.get("exc_info")
-        log.info("connection dropped: %s", _one_line(exc) if exc else args[0] % args[1:])
+        text = _one_line(exc) if exc else str(args[0] % args[1:] if len(args) > 1 else args[0])
+        log.info("connection dropped: %s", text)
 
 
 class _PatientServer(web.Server):

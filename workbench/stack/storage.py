@@ -216,7 +216,7 @@ class StorageServer:
         upload_memory_bytes: int = DEFAULT_UPLOAD_MEMORY,
     ):
         self.store, self.max_upload_bytes = store, max_upload_bytes
-        self.reading = asyncio.Semaphore(max(1, upload_memory_bytes // WRITE_CHUNK))
+        self.readers = asyncio.Semaphore(max(1, upload_memory_bytes // WRITE_CHUNK))
         self.latency_ms, self.rng = (float(latency_ms[0]), float(latency_ms[1])), rng
         self.faults = faults or StorageFaults(None, rng)
         self.sizes = store.scan()  # the index, only touched on the event loop
@@ -238,7 +238,7 @@ class StorageServer:
     async def add(self, request: web.Request) -> web.Response:
         try:
             expect_content(request, "multipart/form-data", encoded=False)
-            async with self.reading:  # bounds the bytes all uploads hold in memory
+            async with self.readers:  # bounds the bytes all uploads hold in memory
                 name, pending = await self._receive(request)
         except (ApiError, web.HTTPException):
             self.upload_errors += 1

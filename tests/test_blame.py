@@ -103,25 +103,34 @@ def test_a_reset_connection_blames_the_port_it_was_made_to(resetting_url):
 
 
 def test_an_answer_keeps_its_step_class():
-    """A live API server that answers 500 is not a refused connection: the step's class stays."""
+    """A live server that answers 500 is not a refused connection: the step's class stays (the
+    personal server's for /identity, asked directly; `inference` for what the API server says)."""
 
     async def broken(request: web.Request) -> web.Response:
         return web.json_response({"success": False, "error": "a bug"}, status=500)
 
-    async def scenario() -> str:
+    def identity(run: FlowRun):
+        return run.get_json(f"{run.ctx.endpoints.personal_server_url}/identity")
+
+    async def scenario() -> tuple[str, str]:
         app = web.Application()
         app.router.add_post("/api/trusted-server/poll", broken)
+        app.router.add_get("/identity", broken)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         try:
             url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-            return await failed_class(endpoints(api_url=url), "inference_poll", poll)
+            ep = endpoints(api_url=url, personal_server_url=url)
+            return (
+                await failed_class(ep, "inference_poll", poll),
+                await failed_class(ep, "server_identity", identity),
+            )
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(scenario()) == "inference"
+    assert asyncio.run(scenario()) == ("inference", "personal")
 
 
 @pytest.mark.e2e

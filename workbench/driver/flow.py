@@ -45,7 +45,7 @@ STEP_CLASS = {
     "upload_grant": "storage",
     "resolve_grantee": "rpc",
     "read_nonce": "rpc",
-    "server_identity": "http",
+    "server_identity": "personal",
     "relay": "relay",
     "confirm": "rpc",
     "inference_submit": "inference",

@@ -27,8 +27,12 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from eth_abi import encode as abi_encode
 from eth_account import Account
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from workbench.stack.api_server import _abi_floor
 from workbench.stack.components import start_component, stop_component
 from workbench.vana import crypto, permission
 
@@ -507,6 +511,38 @@ def test_relay_semantics_abuse_is_4xx_before_any_send(servers, local_stack):
         after = call(api, "GET", "/metrics")[1]
     assert after["relayed"] == before["relayed"]  # nothing was sent
     assert after["relay_errors"] == before["relay_errors"]  # and no RPC is blamed
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    files=st.integers(0, 4),
+    readers=st.integers(0, 5),
+    text=st.text(max_size=70),
+)
+def test_the_up_front_calldata_bound_never_exceeds_the_encoding(files, readers, text):
+    """The API server refuses a relay whose calldata bound is over the limit without encoding
+    it: the bound must never be more than the real encoding."""
+    reader = {"account": "0x" + "ab" * 20, "key": text}
+    message = {
+        "nonce": 1,
+        "granteeId": 2,
+        "grant": text or "g",
+        "fileUrls": [text] * files,
+        "schemaIds": [7] * files,
+        "serverAddress": "0x" + "cd" * 20,
+        "serverUrl": text,
+        "serverPublicKey": text,
+        "filePermissions": [[reader] * readers] * files,
+    }
+    valid = permission.Validated.of(permission.typed_data(1, "0x" + "ef" * 20, message))
+    struct = valid.contract_input()
+    encoded = abi_encode([STRUCT_TYPE], [struct])
+    assert _abi_floor(struct) <= len(encoded)
+
+
+STRUCT_TYPE = (
+    "(uint256,uint256,string,string[],uint256[],address,string,string,(address,string)[][])"
+)
 
 
 def test_personal_server_refuses_malleated_app_signatures(servers, fuzz_operation):

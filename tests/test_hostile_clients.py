@@ -319,7 +319,7 @@ def test_wrong_content_types_and_encodings_are_415_or_413(servers, local_stack):
 
 
 def test_slow_clients_are_dropped_and_idle_keepalive_is_kept(servers, tmp_path):
-    """Silent mid-request (half a request line, half a body) -> closed after the 5 s read
+    """Silent mid-request (half a request line, half a body) -> closed after the 10 s read
     timeout; a client dripping a byte a second -> closed at the request deadline, and one that
     never sends -> at the idle timeout (on a server started here with short ones); an idle
     keep-alive connection -> kept, and reusable."""
@@ -354,10 +354,10 @@ async def _slowloris(servers: dict[str, tuple[str, int]], drip_url: str) -> None
         *(_silent(drip_url, b"") for _ in range(10)),
     )
     silent_s, drip_s, idle_s = closed[: len(silent)], closed[-20:-10], closed[-10:]
-    assert all(4 <= s <= 9 for s in silent_s), sorted(silent_s)  # 5 s, swept once a second
+    assert all(9 <= s <= 14 for s in silent_s), sorted(silent_s)  # 10 s, swept once a second
     assert all(2.5 <= s <= 6 for s in drip_s), sorted(drip_s)  # 3 s deadline despite the drip
     assert all(5 <= s <= 9 for s in idle_s), sorted(idle_s)  # 6 s idle timeout
-    assert time.monotonic() - t0 >= 4
+    assert time.monotonic() - t0 >= 9
     for reader, writer in keep:  # idle all along, then reused: still served
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (await asyncio.wait_for(reader.read(), TIMEOUT_S)).startswith(b"HTTP/1.1 200")

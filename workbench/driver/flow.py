@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from web3.exceptions import ContractLogicError
 from workbench.driver import clients
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
-from workbench.steps import step_class
+from workbench.steps import ENDPOINT_CLASS, step_class
 from workbench.vana import chain, crypto, permission, relay, retry
 from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.target import Endpoints
@@ -35,6 +36,17 @@ from workbench.vana.views import ViewFunction
 
 # Statuses of an operation that is still running on the personal server.
 RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
+
+# What a dead or dying server does to a connection: refuses it, drops it before answering, cuts
+# the answer short. (A timeout is not one: the server may be alive and slow.)
+CONNECTION_FAILURES = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+)
 
 
 class FlowError(Exception):
@@ -149,6 +161,17 @@ class FlowContext:
         if self.ipfs is None:
             self.ipfs = IpfsProvider.kubo(self.endpoints.storage_url)
 
+    def endpoint_class(self, url: str | None) -> str | None:
+        """The error class of the component serving `url`, matched by host and port."""
+        if url is None:
+            return None
+        host_port = _host_port(url)
+        for name, cls in ENDPOINT_CLASS.items():
+            urls = str(getattr(self.endpoints, name)).split(",")  # rpc_url may list several
+            if host_port in {_host_port(u.strip()) for u in urls}:
+                return cls
+        return None
+
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
             address = self.endpoints.contracts[name]
@@ -187,6 +210,7 @@ class FlowRecord:
     current: str | None = None
     deadline_ns: int = 0
     step_extra: dict[str, Any] = field(default_factory=dict)  # facts for the current step event
+    peer: str | None = None  # the URL the current step last sent a request to
     result: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -211,6 +235,7 @@ class FlowRun:
         """Times one step and emits its event; failures become FlowError with a class."""
         self.rec.current = name
         self.rec.step_extra = {}
+        self.rec.peer = None
         attempts = [1]
         t0, start_ns, error, error_class = self.ctx.clock.now(), time.perf_counter_ns(), None, None
         try:
@@ -229,7 +254,7 @@ class FlowRun:
             error, error_class = f"timeout in {name}", "timeout"
             raise FlowError("timeout", f"timeout in {name}") from e
         except Exception as e:  # any other failure is classified by the step it happened in
-            error, error_class = _describe(e), classify(name, e)
+            error, error_class = _describe(e), self._refused_by(e) or classify(name, e)
             raise FlowError(error_class, error) from e
         finally:
             duration = (time.perf_counter_ns() - start_ns) / 1e9
@@ -248,6 +273,17 @@ class FlowRun:
                     facts={**facts, **self.rec.step_extra},
                 )
             )
+
+    def _refused_by(self, exc: BaseException) -> str | None:
+        """The class of the component whose port refused or reset the failed connection; None
+        if the failure was something else. The address comes from the error when it has one (a
+        refused connect, also web3's), else from this step's last request."""
+        failure = _connection_failure(exc)
+        if failure is None:
+            return None
+        if isinstance(failure, aiohttp.ClientConnectorError):
+            return self.ctx.endpoint_class(f"http://{failure.host}:{failure.port}")
+        return self.ctx.endpoint_class(self.rec.peer)
 
     async def run(self, data: bytes) -> None:
         ctx, w = self.ctx, self.wallet
@@ -442,6 +478,7 @@ class FlowRun:
         return await self.request("POST", url, json=body)
 
     async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.rec.peer = url
         timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
         async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
             try:
@@ -551,6 +588,24 @@ def _relay_hash(answer: Any) -> str:
         return relay.answered_hash(answer)
     except ValueError as e:  # a 2xx that is no relay (an app answering `{type: "error"}` so)
         raise FlowError("relay", str(e)) from None
+
+
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """`error` or an exception it was raised from that is a connection failure."""
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECTION_FAILURES):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.hostname or "").lower(), port
 
 
 def _grantee_address(grantee: Any) -> str:

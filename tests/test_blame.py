@@ -18,8 +18,8 @@ from aiohttp import web
 
 from workbench.driver import flow
 from workbench.driver.flow import FlowError, FlowRecord, FlowRun, FlowSettings, Wallet
-from workbench.events import ERROR_CLASSES
 from workbench.stack.process import free_port, spawn
+from workbench.steps import ERROR_CLASSES
 from workbench.vana.target import CONTRACT_NAMES, Endpoints
 
 WALLET = Wallet(0, "0x" + "11" * 20, "0x" + "22" * 32)

@@ -100,6 +100,8 @@ class RunMark(TypedDict):
     run_id: str
     users: NotRequired[int]  # start
     shape: NotRequired[str]  # start
+    relay: NotRequired[str]  # start: app | direct
+    client: NotRequired[str]  # start: the client timing preset
     reason: NotRequired[str]  # end: completed | interrupted | error: <type>; dropped: why
     flows: NotRequired[int]  # end: flows that finished
     ok: NotRequired[int]  # end: of which ok

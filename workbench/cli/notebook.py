@@ -1,4 +1,8 @@
-"""`python -m workbench notebook NB`: executes a notebook with papermill, prints the report path."""
+"""`python -m workbench notebook NB`: executes a notebook with papermill, prints the report path.
+
+Exit codes as `run`'s: 99 when the notebook raised CriteriaFailed (fail_on_criteria), 2 when it
+raised a WorkbenchError (a bad parameter), 1 when anything else failed in it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import EXIT_BAD_INPUT, EXIT_BROKE, EXIT_FAILED, WorkbenchError
 from workbench.params import PROJECT_ROOT
 
 
@@ -34,16 +38,20 @@ def notebook_command(args: Namespace) -> int:
         raise WorkbenchError("notebook", f"{notebook} not found", "pass notebooks/run.ipynb")
     print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
     # The notebook's own output (setup lines, per-user lines, results) streams to the terminal.
-    pm.execute_notebook(
-        str(notebook),
-        str(out_dir / notebook.name),
-        parameters=params,
-        cwd=str(PROJECT_ROOT),
-        progress_bar=False,
-        log_output=True,
-        stdout_file=sys.stdout,
-        stderr_file=sys.stderr,
-    )
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(out_dir / notebook.name),
+            parameters=params,
+            cwd=str(PROJECT_ROOT),
+            progress_bar=False,
+            log_output=True,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+        )
+    except pm.PapermillExecutionError as e:
+        print(f"❌ {e.ename}: {e.evalue}  (executed notebook: {out_dir / notebook.name})")
+        return _EXIT_BY_ERROR.get(e.ename, EXIT_BROKE)
     report = out_dir / "report.html"
     summary = (
         json.loads((out_dir / "summary.json").read_text())
@@ -52,6 +60,9 @@ def notebook_command(args: Namespace) -> int:
     )
     print(f"📄 Report: {report}  verdict: {summary.get('verdict', '?')}")
     return 0
+
+
+_EXIT_BY_ERROR = {"CriteriaFailed": EXIT_FAILED, "WorkbenchError": EXIT_BAD_INPUT}
 
 
 def _literal(text: str) -> Any:

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ import aiohttp
 
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
+from workbench.request_log import NO_LOG, RequestLog
 from workbench.steps import step_class
 from workbench.vana import chain, crypto, permission, retry
 from workbench.vana.target import Endpoints
@@ -111,6 +113,7 @@ class FlowContext:
     settings: FlowSettings = field(default_factory=FlowSettings)
     run_id: str = ""
     light_executor: Executor | None = None
+    request_log: RequestLog = NO_LOG  # every request attempt, for per-request statistics
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
 
@@ -367,16 +370,22 @@ class FlowRun:
 
     async def request(self, method: str, url: str, **kwargs: Any) -> Any:
         timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
-        async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
-                body = (await resp.text(errors="replace"))[:200]
-            if resp.status >= 400:
-                raise HttpStatusError(resp.status, body)
-            if isinstance(body, dict) and body.get("success") is False:
-                raise HttpStatusError(resp.status, body)
-            return body
+        timed = self.ctx.request_log.timed(method, _path(url), retry.is_retry())
+        with timed as record:
+            async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
+                record.status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
+                    body = (await resp.text(errors="replace"))[:200]
+                record.nbytes = resp.content_length or 0
+                if resp.status >= 400:
+                    record.error = f"HTTP {resp.status}"
+                    raise HttpStatusError(resp.status, body)
+                if isinstance(body, dict) and body.get("success") is False:
+                    record.error = "success: false"
+                    raise HttpStatusError(resp.status, body)
+                return body
 
 
 async def run_flow(
@@ -468,6 +477,12 @@ def _counter(attempts: list[int]) -> Callable[[int, BaseException], None]:
     return count
 
 
+@functools.lru_cache(maxsize=256)
+def _path(url: str) -> str:
+    """A request's name in the request log: its URL's path (Locust's convention)."""
+    return urllib.parse.urlsplit(url).path or "/"
+
+
 def _grantee_address(grantee: Any) -> str:
     # web3 returns the struct as a tuple (owner, granteeAddress, publicKey, permissionIds)
     return grantee["granteeAddress"] if isinstance(grantee, dict) else grantee[1]
@@ -518,11 +533,14 @@ async def flow_context(
     clock: Clock | None = None,
     max_connections: int = 200,
     crypto_threads: int | None = None,
+    request_log: RequestLog | None = None,
+    rpc_rate_limit: float | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
 
     Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
-    GIL on large buffers, and the signatures are sub-millisecond.
+    GIL on large buffers, and the signatures are sub-millisecond. Every request attempt goes to
+    `request_log`; at most `rpc_rate_limit` RPC calls/s go to each RPC URL.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -534,7 +552,13 @@ async def flow_context(
         initializer=_lower_crypto_priority,
     )
     light = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crypto_light")
-    w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
+    log = request_log or NO_LOG
+    w3 = chain.make_web3(
+        endpoints.rpc_url,
+        timeout_s=settings.http_timeout_s,
+        rate_limit=rpc_rate_limit,
+        request_log=log,
+    )
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
     # CPU per call. Flows never send transactions, so it guards nothing here.
@@ -542,8 +566,9 @@ async def flow_context(
         w3.middleware_onion.remove("validation")
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
+            clock = clock or Clock()
             yield FlowContext(
-                endpoints, session, w3, executor, emit, clock or Clock(), settings, run_id, light
+                endpoints, session, w3, executor, emit, clock, settings, run_id, light, log
             )
     finally:
         executor.shutdown(wait=False, cancel_futures=True)

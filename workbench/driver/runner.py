@@ -1,14 +1,15 @@
 """Runs a load shape of concurrent flows and writes the results dir as it goes.
 
 One asyncio task per flow, all on one event loop, sharing pooled connections. Everything is
-appended to `outputs/<run-id>/` while it happens (events flushed per event, samples per tick),
-so a run that dies still leaves analysable data; on Ctrl-C in-flight flows are recorded as
-cancelled.
+appended to `outputs/<run-id>/` while it happens (events flushed per event, samples per tick,
+request rows every second), so a run that dies still leaves analysable data; on Ctrl-C
+in-flight flows are recorded as cancelled. While flows run, `driver.live` shows their state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -21,16 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
 import workbench
 from workbench.analysis import console
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.live import LiveStats, LiveView
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Event, EventWriter, FlowEvent, RunMarkName, run_mark
 from workbench.params import load_profile
+from workbench.request_log import FILE as REQUESTS_FILE
+from workbench.request_log import NO_LOG, RequestLog
 from workbench.stack.faults import load_faults
 from workbench.vana.target import Target
 
@@ -47,38 +49,20 @@ class RunOutcome:
 
 
 class Console:
-    """The run's human output: setup lines as in the milestone, a progress bar, per-user lines
-    (their texts live in `workbench.analysis.console`, which the report replays them from)."""
+    """The run's human output: setup lines as in the milestone and per-user lines (their texts
+    live in `workbench.analysis.console`, which the report replays them from). The live state
+    (`progress`) is `driver.live`'s: a panel in Jupyter, status lines elsewhere."""
 
     def __init__(self, out: TextIO, users: int, progress: bool):
         self.out, self.users, self.progress = out, users, progress
-        self.bar: tqdm | None = None
-        self.ok = 0
 
     def say(self, line: str) -> None:
-        (self.bar.write if self.bar is not None else print)(line, file=self.out)
-
-    def start_bar(self, total: int | None) -> None:
-        # The bar goes to stderr and the lines to stdout: a notebook then keeps a clean stream
-        # of per-user lines and a single live bar; in a terminal tqdm.write interleaves them.
-        if self.progress:
-            self.bar = tqdm(
-                total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5
-            )
+        print(line, file=self.out, flush=True)
 
     def flow_done(self, event: FlowEvent) -> None:
-        self.ok += bool(event["ok"])
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(ok=self.ok, refresh=False)
         if event["ok"] and self.users > PER_USER_LINES_MAX:
             return
         self.say(console.user_line(event))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 class Runner:
@@ -114,6 +98,8 @@ class Runner:
         self.local: Any = None  # the LocalStack this run started: fault actions act on it
         self.t_start = 0.0  # the run's start on the clock: shapes count from there
         self.sampler: Any = None
+        self.live = LiveStats()  # fed by every event written: what the live view shows
+        self.requests: RequestLog = NO_LOG
 
     async def execute(self) -> RunOutcome:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +114,7 @@ class Runner:
                 # t=0 once setup (stack start, funding) is done, just before the first sample:
                 # events, samples, throughput windows and the timeline all count from here.
                 self.clock.restart()
+                self.requests = RequestLog(self.dir / REQUESTS_FILE, self.clock.origin_ns)
                 self.sampler = await stack.enter_async_context(self._sampler(target))
                 settings = FlowSettings.from_profile(
                     self.profile,
@@ -142,6 +129,8 @@ class Runner:
                         run_id=self.cfg.run_id,
                         clock=self.clock,
                         max_connections=self.cfg.max_connections,
+                        request_log=self.requests,
+                        rpc_rate_limit=self.cfg.rpc_rate_limit,
                     )
                 )
                 self.t_start = self.clock.now()  # shapes count from the run's start
@@ -162,7 +151,7 @@ class Runner:
             raise
         finally:
             await self._cancel_inflight()
-            self.console.close()
+            self.requests.close()
             self._mark("end", reason=reason, flows=self.outcome.flows, ok=self.outcome.ok)
             self.writer.sync()
             self.writer.close()
@@ -192,7 +181,7 @@ class Runner:
         ws = wallets.load_or_generate(n)
         self.outcome.wallets = [*ws.private_keys(), ws.mnemonic]
         self.console.say(console.wallets_loaded(n))
-        w3 = _web3(target)
+        w3 = _web3(target, self.cfg.rpc_rate_limit)
         try:
             if target.kind == "local":
                 await wallets.fund(w3, wallets.funder_key(target.funder_key), ws.addresses)
@@ -247,22 +236,38 @@ class Runner:
 
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
         shape = self.shape = shapes.shape_from_config(self.cfg)
-        expected = shape.expected_flows()
         self.console.say(console.MONITORING_ACTIVE)
         self.console.say(console.launching(self.cfg.users, self.cfg.shape))
-        self.console.start_bar(expected)
-        for launch in shape.launches():
-            delay = launch.at_s - self._since_start()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._spawn(self._user(ctx, ws, launch))
-        while self.tasks:
-            done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
-            # run_flow records every failure as an outcome; anything else is a driver bug, and
-            # the run must end as an error rather than "completed" with flows missing.
-            bugs = [e for e in done if isinstance(e, Exception)]
-            if bugs:
-                raise bugs[0]
+        async with self._live_view(shape):
+            for launch in shape.launches():
+                delay = launch.at_s - self._since_start()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._spawn(self._user(ctx, ws, launch))
+            while self.tasks:
+                done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
+                # run_flow records every failure as an outcome; anything else is a driver bug,
+                # and the run must end as an error rather than "completed" with flows missing.
+                bugs = [e for e in done if isinstance(e, Exception)]
+                if bugs:
+                    raise bugs[0]
+
+    def _live_view(self, shape: Any) -> Any:
+        """The panel (Jupyter) or status lines (elsewhere) while flows run; none without
+        `progress`."""
+        if not self.console.progress:
+            return contextlib.nullcontext()
+        sampler = self.sampler
+        return LiveView(
+            self.live,
+            self._since_start,
+            say=self.console.say,
+            gauges=(lambda: sampler.latest) if hasattr(sampler, "latest") else dict,
+            requests=self.requests,
+            deadline_s=shape.start_deadline_s(),
+            expected_flows=shape.expected_flows(),
+            title=f"run {self.cfg.run_id} · {self.cfg.shape}, {self.cfg.users} users",
+        )
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -302,6 +307,7 @@ class Runner:
         # (500 users: a 0.1-0.9 s stall before the first request goes out).
         make = functools.partial(shapes.make_user_data, seed=self.cfg.seed + flow_id)
         data = await ctx.cpu(make, size, wallet.index)
+        self.live.flow_started(flow_id)
         event = await run_flow(ctx, wallet, data, flow_id=flow_id, data_size=size, extra=extra)
         self.outcome.flows += 1
         self.outcome.ok += bool(event["ok"])
@@ -324,6 +330,7 @@ class Runner:
 
     def _emit(self, event: Event) -> None:
         self.writer.write(event)
+        self.live.observe(event)
 
     def _mark(self, what: RunMarkName, **facts: Any) -> None:
         self._emit(run_mark(what, self.clock.now(), str(self.cfg.run_id), **facts))
@@ -347,10 +354,10 @@ class Runner:
         )
 
 
-def _web3(target: Target):
+def _web3(target: Target, rate_limit: float | None = None):
     from workbench.vana.chain import make_web3
 
-    return make_web3(target.endpoints.rpc_url)
+    return make_web3(target.endpoints.rpc_url, rate_limit=rate_limit)
 
 
 def versions() -> dict[str, str]:

@@ -351,9 +351,9 @@ class LiveView:
             self.show(line=n % line_every == 0)
 
     async def __aenter__(self) -> LiveView:
+        # The first refresh comes one interval in: the panel then sits below the lines the run
+        # prints as it launches its flows.
         if self.panel or self.lines:
-            if self.panel:
-                self.show(line=False)
             self._task = asyncio.create_task(self._run(), name="live-view")
         return self
 

@@ -136,6 +136,7 @@ class Runner:
                 self.t_start = self.clock.now()  # shapes count from the run's start
                 self._mark("start", users=self.cfg.users, shape=self.cfg.shape)
                 await self._start_faults(stack)
+                await stack.enter_async_context(self._live_view())
                 try:
                     await self._drive(ctx, ws)
                 finally:  # on Ctrl-C or an error, flows end as cancelled while their clients
@@ -238,26 +239,26 @@ class Runner:
         shape = self.shape = shapes.shape_from_config(self.cfg)
         self.console.say(console.MONITORING_ACTIVE)
         self.console.say(console.launching(self.cfg.users, self.cfg.shape))
-        async with self._live_view(shape):
-            for launch in shape.launches():
-                delay = launch.at_s - self._since_start()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._spawn(self._user(ctx, ws, launch))
-            while self.tasks:
-                done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
-                # run_flow records every failure as an outcome; anything else is a driver bug,
-                # and the run must end as an error rather than "completed" with flows missing.
-                bugs = [e for e in done if isinstance(e, Exception)]
-                if bugs:
-                    raise bugs[0]
+        for launch in shape.launches():
+            delay = launch.at_s - self._since_start()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._spawn(self._user(ctx, ws, launch))
+        while self.tasks:
+            done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            # run_flow records every failure as an outcome; anything else is a driver bug, and
+            # the run must end as an error rather than "completed" with flows missing.
+            bugs = [e for e in done if isinstance(e, Exception)]
+            if bugs:
+                raise bugs[0]
 
-    def _live_view(self, shape: Any) -> Any:
+    def _live_view(self) -> Any:
         """The panel (Jupyter) or status lines (elsewhere) while flows run; none without
-        `progress`."""
+        `progress`. Entered before the flows and left after the cancelled ones are recorded,
+        so its last refresh is the run's final state."""
         if not self.console.progress:
             return contextlib.nullcontext()
-        sampler = self.sampler
+        shape, sampler = shapes.shape_from_config(self.cfg), self.sampler
         return LiveView(
             self.live,
             self._since_start,

@@ -118,6 +118,18 @@ def test_a_name_without_successes_shows_na_latencies(tmp_path):
     assert table.at["flow", "Median Response Time"] == "N/A"
 
 
+def test_a_run_that_ended_before_any_flow_still_gets_both_files(tmp_path):
+    path = write_results_dir(tmp_path / "run", n_flows=0)
+    analyze(path)
+    (aggregated,) = read_csv(path / "stats.csv")
+    assert (aggregated["Name"], aggregated["Request Count"], aggregated["50%"]) == (
+        "Aggregated",
+        "0",
+        "N/A",
+    )
+    assert [r["Name"] for r in read_csv(path / "stats_history.csv")] == ["Aggregated"]
+
+
 def test_stats_history_rows_accumulate_to_the_totals(limited_run):
     rows = read_csv(limited_run / "stats_history.csv")
     assert list(rows[0]) == LOCUST_HISTORY
@@ -179,6 +191,15 @@ def test_no_warning_without_429s(tmp_path):
     html = report.render(path).read_text(encoding="utf-8")
     section = html[html.index("Rate limits and retries") :]
     assert "Rate limited" not in section and "RPC eth_call" in section
+
+
+def test_a_results_dir_from_before_requests_csv_still_renders(tmp_path):
+    path = write_results_dir(tmp_path / "run", n_flows=6)
+    (path / "requests.csv").unlink()
+    html = report.render(path).read_text(encoding="utf-8")
+    assert "No per-request record" in html
+    names = [r["Name"] for r in read_csv(path / "stats.csv")]
+    assert names[0] == "flow" and names[-1] == "Aggregated" and "eth_call" not in names
 
 
 # --- compare as a CI gate ------------------------------------------------------------------------------

@@ -117,7 +117,9 @@ def timings(results: Results) -> pd.DataFrame:
             }
         ),
     ]
-    df = pd.concat([p for p in parts if len(p)], ignore_index=True).reindex(columns=_TIMING)
+    present = [p for p in parts if len(p)]
+    df = pd.concat(present, ignore_index=True) if present else pd.DataFrame(columns=_TIMING)
+    df = df.reindex(columns=_TIMING)
     df["ok"] = df["ok"].fillna(False).astype(bool)
     df["failed"] = ~df["ok"]
     return df.dropna(subset=["t_end", "ms"]).sort_values("t_end", kind="stable")
@@ -147,6 +149,7 @@ def _groups(df: pd.DataFrame) -> Iterator[tuple[tuple[str, str], pd.DataFrame]]:
 
 
 def _is_request(key: tuple[str, str]) -> bool:
+    """An RPC method, an HTTP endpoint, or Aggregated (of those)."""
     return key[0] not in ("flow", "step")
 
 
@@ -158,7 +161,7 @@ def stats_table(results: Results, wall_s: float | None = None) -> pd.DataFrame:
     for key, g in _groups(df):
         ok_ms = g.loc[g["ok"], "ms"].to_numpy(dtype=float)
         n, failed = len(g), int(g["failed"].sum())
-        request = _is_request(key) or key == AGGREGATED
+        request = _is_request(key)
         retries = int(g["retries"].fillna(0).sum())
         if key == ("flow", "flow"):  # a flow's retries are its steps'
             retries = int(df.loc[df["type"] == "step", "retries"].fillna(0).sum())

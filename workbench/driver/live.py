@@ -307,7 +307,6 @@ class LiveView:
         self.title = title
         self.panel = in_kernel() if panel is None else panel
         self.lines = not has_frontend() if lines is None else lines
-        self.refreshes = 0
         self._handle: Any = None
         self._task: asyncio.Task | None = None
 
@@ -328,11 +327,10 @@ class LiveView:
             self._display(snap)
         if line and self.lines:
             self.say(status_line(snap))
-        self.refreshes += 1
         return snap
 
     def _display(self, snap: Snapshot) -> None:
-        from IPython.display import display
+        from IPython.display import display  # only in a kernel, where IPython is loaded already
 
         bundle = {
             "text/html": panel_html(snap, self.stats.points, self.title),

@@ -28,6 +28,7 @@ from web3.exceptions import ContractLogicError
 from workbench.driver import clients
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
+from workbench.request_log import NO_LOG, RequestLog
 from workbench.steps import ENDPOINT_CLASS, step_class
 from workbench.vana import chain, crypto, permission, relay, retry
 from workbench.vana.ipfs import IpfsProvider
@@ -154,6 +155,7 @@ class FlowContext:
     run_id: str = ""
     light_executor: Executor | None = None
     ipfs: IpfsProvider | None = None  # where uploads go; None: Kubo at endpoints.storage_url
+    request_log: RequestLog = NO_LOG  # every request attempt, for per-request statistics
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
 
@@ -480,16 +482,22 @@ class FlowRun:
     async def request(self, method: str, url: str, **kwargs: Any) -> Any:
         self.rec.peer = url
         timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
-        async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
-                body = (await resp.text(errors="replace"))[:200]
-            if resp.status >= 400:
-                raise HttpStatusError(resp.status, body)
-            if isinstance(body, dict) and body.get("success") is False:
-                raise HttpStatusError(resp.status, body)
-            return body
+        timed = self.ctx.request_log.timed(method, _path(url), retry.is_retry())
+        with timed as record:
+            async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
+                record.status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
+                    body = (await resp.text(errors="replace"))[:200]
+                record.nbytes = resp.content_length or 0
+                if resp.status >= 400:
+                    record.error = f"HTTP {resp.status}"
+                    raise HttpStatusError(resp.status, body)
+                if isinstance(body, dict) and body.get("success") is False:
+                    record.error = "success: false"
+                    raise HttpStatusError(resp.status, body)
+                return body
 
 
 async def run_flow(
@@ -608,6 +616,12 @@ def _host_port(url: str) -> tuple[str, int | None]:
     return (parts.hostname or "").lower(), port
 
 
+@functools.lru_cache(maxsize=256)
+def _path(url: str) -> str:
+    """A request's name in the request log: its URL's path (Locust's convention)."""
+    return urllib.parse.urlsplit(url).path or "/"
+
+
 def _grantee_address(grantee: Any) -> str:
     # web3 returns the struct as a tuple (owner, granteeAddress, publicKey, permissionIds)
     return grantee["granteeAddress"] if isinstance(grantee, dict) else grantee[1]
@@ -659,11 +673,14 @@ async def flow_context(
     max_connections: int = 200,
     crypto_threads: int | None = None,
     ipfs: IpfsProvider | None = None,
+    request_log: RequestLog | None = None,
+    rpc_rate_limit: float | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
 
     Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
-    GIL on large buffers, and the signatures are sub-millisecond.
+    GIL on large buffers, and the signatures are sub-millisecond. Every request attempt goes to
+    `request_log`; at most `rpc_rate_limit` RPC calls/s go to each RPC URL.
     """
     settings = settings or FlowSettings()
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
@@ -673,7 +690,13 @@ async def flow_context(
         initializer=_lower_crypto_priority,
     )
     light = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crypto_light")
-    w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
+    log = request_log or NO_LOG
+    w3 = chain.make_web3(
+        endpoints.rpc_url,
+        timeout_s=settings.http_timeout_s,
+        rate_limit=rpc_rate_limit,
+        request_log=log,
+    )
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
     # CPU per call. The only transactions flows send (relay direct) carry an explicit chainId.
@@ -681,17 +704,19 @@ async def flow_context(
         w3.middleware_onion.remove("validation")
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
+            clock = clock or Clock()
             yield FlowContext(
                 endpoints,
                 session,
                 w3,
                 executor,
                 emit,
-                clock or Clock(),
+                clock,
                 settings,
                 run_id,
                 light,
                 ipfs,
+                log,
             )
     finally:
         executor.shutdown(wait=False, cancel_futures=True)

@@ -124,6 +124,8 @@ class Sampler:
         self.http_timeout_s = http_timeout_s
         self.ticks = 0
         self.tick_cpu_ms: list[float] = []  # CPU the psutil part of each tick cost (thread time)
+        # The newest value of each (component, metric): what the live view shows.
+        self.latest: dict[tuple[str, str], float] = {}
         self._procs: dict[str, psutil.Process] = {}
         self._dead: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -213,6 +215,7 @@ class Sampler:
             pid = self.processes["driver"]
             rows.append((t, wall, "driver", pid, "loop_lag_ms", self.lag_probe.take_max()))
         self._write(rows)
+        self.latest.update(((c, m), v) for _, _, c, _, m, v in rows)
         self.ticks += 1
         return rows
 

@@ -39,6 +39,12 @@ run-ms03: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# JupyterLab on 127.0.0.1 with the project's kernel (.venv, installed by setup); as root (a
+# container) it needs --allow-root, which is passed only then.
+.PHONY: lab
+lab: setup
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
+
 # The same checks as .pre-commit-config.yaml: ruff (lint + format) and mypy on workbench/.
 lint: setup
 	$(BIN)/ruff check workbench tests benchmarks

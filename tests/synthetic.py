@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from workbench.events import EventWriter
+from workbench.request_log import COLUMNS as REQUEST_COLUMNS
 from workbench.steps import STEPS
 
 WALL0 = 1_750_000_000.0  # a fixed wall clock so outputs are reproducible
@@ -24,6 +25,18 @@ WALL0 = 1_750_000_000.0  # a fixed wall clock so outputs are reproducible
 STEP_WEIGHTS = np.array([1, 2, 4, 1, 4, 1, 1, 1, 1, 10, 30, 4, 40], dtype=float)
 STEP_WEIGHTS /= STEP_WEIGHTS.sum()
 COMPONENTS = ("anvil", "storage", "api", "personal")
+# The requests each step sends (type, name, how many), as the real flow does.
+STEP_REQUESTS = {
+    "upload_file": ("POST", "/api/v0/add", 1),
+    "resolve_grantee": ("RPC", "eth_call", 1),
+    "upload_grant": ("POST", "/api/v0/add", 1),
+    "server_identity": ("GET", "/identity", 1),
+    "read_nonce": ("RPC", "eth_call", 1),
+    "relay": ("POST", "/api/relay", 1),
+    "confirm": ("RPC", "eth_getTransactionReceipt", 3),
+    "inference_submit": ("POST", "/api/trusted-server", 1),
+    "inference_poll": ("POST", "/api/trusted-server/poll", 4),
+}
 
 
 def write_results_dir(
@@ -48,6 +61,7 @@ def write_results_dir(
     faults: Any = None,
     seed: int = 0,
     run_id: str = "synthetic",
+    limit_every: int = 0,
 ) -> Path:
     """Writes a results dir and returns its path.
 
@@ -60,6 +74,8 @@ def write_results_dir(
     system cpu_pct = system_cpu_pct (+-1), net counters +1000 B/s sent, +2000 B/s received,
     driver loop_lag_ms, stack processes, api pid changes at `api_restart_at_s`.
     `complete=False` omits the run-end event; `torn_tail` appends half a line to both files.
+    requests.csv: each attempted step's requests (`STEP_REQUESTS`) spread over the step; with
+    `limit_every` every n-th RPC call is first answered 429 and retried at once (`retry` 1).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -75,7 +91,10 @@ def write_results_dir(
     for flow in flows[len(flows) - cancel_last :] if cancel_last else []:
         flow.update(status="cancelled", failed_step="inference_poll", error_class="cancelled")
     run_end = max(f["t"] + f["duration_s"] for f in flows) + 1.0 if flows else 1.0
-    _write_events(path / "events.jsonl", flows, run_id, users, run_end, complete, torn_tail)
+    events = _write_events(
+        path / "events.jsonl", flows, run_id, users, run_end, complete, torn_tail
+    )
+    _write_requests(path / "requests.csv", events, limit_every)
     _write_samples(
         path / "samples.csv",
         run_end,
@@ -127,12 +146,14 @@ def _staged_flows(stages, stage_s) -> list[dict[str, Any]]:
     return flows
 
 
-def _write_events(path, flows, run_id, users, run_end, complete, torn_tail) -> None:
+def _write_events(path, flows, run_id, users, run_end, complete, torn_tail) -> list[dict]:
+    written = []
     with EventWriter(path) as w:
         w.write({"kind": "run", "event": "start", "t": 0.0, "wall": WALL0, "run_id": run_id})
         for flow in flows:
             for event in _flow_events(flow, run_id):
                 w.write(event)
+                written.append(event)
         if complete:
             w.write(
                 {
@@ -146,6 +167,30 @@ def _write_events(path, flows, run_id, users, run_end, complete, torn_tail) -> N
     if torn_tail:
         with open(path, "a", encoding="utf-8") as f:
             f.write('{"kind": "flow", "run_id": "' + run_id + '", "flow_id": 99')
+    return written
+
+
+def _write_requests(path, events, limit_every: int) -> None:
+    rows, rpc_calls = [], 0
+    for step in (e for e in events if e["kind"] == "step" and e["step"] in STEP_REQUESTS):
+        kind, name, n = STEP_REQUESTS[step["step"]]
+        ms = step["duration_s"] * 1000 / n
+        for i in range(n):
+            t = round(step["t"] + i * ms / 1000, 6)
+            rpc_calls += kind == "RPC"
+            if kind == "RPC" and limit_every and rpc_calls % limit_every == 0:
+                rows.append((t, kind, name, 1.0, 429, "HTTP 429", 0, 0, ""))
+                rows.append((t, kind, name, round(ms, 3), 200, "", 1, 100, ""))
+                continue
+            ok = step["ok"] or i < n - 1  # a failed step's last request is the failure
+            if not ok and step["error_class"] == "cancelled":
+                continue  # a cancelled request is not recorded
+            status, error = (200, "") if ok else (500, "HTTP 500")
+            rows.append((t, kind, name, round(ms, 3), status, error, 0, 100, ""))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUEST_COLUMNS)
+        writer.writerows(rows)
 
 
 def _flow_events(flow: dict[str, Any], run_id: str) -> list[dict[str, Any]]:

@@ -273,6 +273,17 @@ def test_error_classes_and_api_errors():
     assert stats.api_errors(steps, crashed) == {"step_errors": 2, "crashes": 1, "total": 3}
 
 
+def test_api_errors_count_connections_the_api_server_refused_at_any_step():
+    """A killed API server refuses the next flows' connections at whatever step they are: the
+    criterion "no API server timeouts or crashes" counts those, and no other component's."""
+    steps = _steps(
+        [(1, "inference_submit", False, "api"), (2, "inference_poll", False, "api"),
+         (3, "relay", False, "api"), (4, "server_identity", False, "personal"),
+         (5, "upload_file", False, "storage"), (6, "inference_poll", True, None)]
+    )  # fmt: skip
+    assert stats.api_errors(steps, _samples([]))["step_errors"] == 3
+
+
 # ----------------------------------------------------------------------------- resources
 
 

@@ -116,6 +116,8 @@ BAD_VALUES = [
     ("flow_timeout_s", 0),
     ("flow_timeout_s", "long"),
     ("max_connections", 0),
+    ("rpc_rate_limit", 0),
+    ("rpc_rate_limit", "fast"),
     ("run_id", "../escape"),
     ("run_id", ""),
     ("run_id", 7),

@@ -83,8 +83,10 @@ def start_mid_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int], di
 @pytest.mark.e2e
 def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_path):
     driver, events, stack, env = start_mid_run(tmp_path)
-    try:
-        seen = len(lines(events))
+    requests = events.parent / "requests.csv"
+    try:  # the request log writes once a second: wait for a flush, then kill
+        wait_for(lambda: len(lines(requests)) > 10, 30, "request rows", driver)
+        seen, seen_requests = len(lines(events)), len(lines(requests))
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
     finally:
@@ -121,6 +123,11 @@ def test_kill_9_mid_run_keeps_events_leaves_no_stack_and_reports_incomplete(tmp_
     assert summary["outcome"] == "INCOMPLETE" and summary["flows_total"] >= FLOWS_BEFORE_KILL
     assert summary["stored_objects"] >= 2 and summary["stored_bytes"] > 0
     assert "INCOMPLETE" in (results / "report.html").read_text(encoding="utf-8")
+    # The request rows flushed before the kill are kept, and they are in stats.csv.
+    assert len(lines(requests)) >= seen_requests
+    assert summary["requests"]["total"] >= seen_requests - 2  # header and a torn last line
+    aggregated = lines(results / "stats.csv")[-1].split(",")
+    assert aggregated[1] == "Aggregated" and int(aggregated[2]) == summary["requests"]["total"]
 
 
 def test_a_crash_mid_write_leaves_the_old_wallet_file_intact(tmp_path, monkeypatch):

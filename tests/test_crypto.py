@@ -13,6 +13,7 @@ import pysequoia
 import pytest
 from coincurve import PrivateKey, PublicKey
 from eth_account import Account
+from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,25 @@ def test_recover_personal_and_public_key():
     assert to_checksum_address(keccak(public[1:])[-20:]) == address
     with pytest.raises(ValueError):
         crypto.recover_personal("x", "0x" + "00" * 65)
+
+
+def test_only_canonical_signatures_are_recovered():
+    """A high-s twin and a v of 0/1 recover the same signer in eth-account; the contracts (and
+    so the servers) refuse both, so one signature has exactly one accepted spelling."""
+    key, text = KEYS[0], "operation"
+    good = crypto.personal_sign(key, text)
+    raw = bytes.fromhex(good[2:])
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s = int.from_bytes(raw[32:64], "big")
+    high_s = "0x" + (raw[:32] + (n - s).to_bytes(32, "big") + bytes([55 - raw[64]])).hex()
+    low_v = "0x" + (raw[:64] + bytes([raw[64] - 27])).hex()
+    assert Account.recover_message(encode_defunct(text=text), signature=high_s) == (
+        Account.from_key(key).address
+    )  # what eth-account alone would accept
+    assert crypto.canonical_signature(good) == raw
+    for signature, problem in ((high_s, "upper half"), (low_v, "not 27 or 28"), ("0x12", "65")):
+        with pytest.raises(ValueError, match=problem):
+            crypto.recover_personal(text, signature)
 
 
 # --- OpenPGP ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ DRIVER_MAY_START = ("workbench.stack.local", "workbench.stack.faults")
 # one that is gone, so this list only shrinks.
 KNOWN_BREACHES: dict[str, list[str]] = {}
 # The cross-cutting top-level modules sit below every package and import none of them.
-CORE = ("params", "events", "steps", "secrets", "errors")
+CORE = ("params", "events", "request_log", "steps", "secrets", "errors")
 PACKAGES = (
     "workbench.vana",
     "workbench.driver",

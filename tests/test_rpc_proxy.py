@@ -226,6 +226,9 @@ def test_the_proxy_process_keeps_serving_under_garbage(tmp_path):
         stop_component(proc)
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 async def _garbage(url: str) -> None:
     async with aiohttp.ClientSession() as s:
         for body in (b"not json", b"[]", b'{"id": 1}', b"[1, 2]", b"\xff\xfe", b'"x"'):
@@ -236,8 +239,10 @@ async def _garbage(url: str) -> None:
             assert resp.status == 502 and (await resp.json())["id"] == 7
         async with s.get(f"{url}/nowhere") as resp:
             assert resp.status == 404
-        async with s.post(f"{url}/faults", data=b"{") as resp:
+        async with s.post(f"{url}/faults", data=b"{", headers=JSON) as resp:
             assert resp.status == 400
+        async with s.post(f"{url}/faults", data=b"{}") as resp:  # not declared as JSON
+            assert resp.status == 415
         async with s.get(f"{url}/health") as resp:
             assert resp.status == 200
         assert json.loads(await (await s.get(f"{url}/metrics")).text())["bad_requests"] == 6

@@ -3,7 +3,9 @@ and the server keeps serving. (In process; the storage tests cover a real child 
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import pytest
 from aiohttp import web
@@ -11,6 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from workbench.errors import WorkbenchError
 from workbench.stack import server
+
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -48,12 +52,54 @@ async def test_health_and_metrics(client):
     ],
 )
 async def test_bad_bodies_are_4xx_json_naming_the_problem(client, body, status, names):
-    resp = await client.post("/echo", data=body)
+    resp = await client.post("/echo", data=body, headers=JSON)
     answer = await resp.json()
     assert resp.status == status
     assert answer["success"] is False and names in answer["error"]
     ok = await client.post("/echo", json={"name": "a", "count": 1})
     assert ok.status == 200 and await ok.json() == {"name": "a", "count": 1}
+
+
+GOOD = json.dumps({"name": "a", "count": 1}).encode()
+
+
+@pytest.mark.parametrize(
+    "body, headers, status, names",
+    [
+        (gzip.compress(GOOD), {"Content-Encoding": "gzip"}, 200, ""),
+        (zlib.compress(GOOD), {"Content-Encoding": "deflate"}, 200, ""),
+        (GOOD, {"Content-Encoding": "identity"}, 200, ""),
+        (GOOD, {"Content-Type": "application/vnd.x+json"}, 200, ""),
+        (b"not gzip", {"Content-Encoding": "gzip"}, 415, "Content-Encoding"),
+        (gzip.compress(GOOD)[:-8], {"Content-Encoding": "gzip"}, 415, "truncated"),
+        (gzip.compress(GOOD) + b"tail", {"Content-Encoding": "gzip"}, 415, "trailing"),
+        (GOOD, {"Content-Encoding": "br"}, 415, "'br'"),
+        (GOOD, {"Content-Encoding": "gzip, gzip"}, 415, "not supported"),
+        (gzip.compress(b" " * 5000), {"Content-Encoding": "gzip"}, 413, "more than 1024 bytes"),
+        (GOOD, {"Content-Type": "text/plain"}, 415, "application/json"),
+        (GOOD, {"Content-Type": "multipart/form-data; boundary=x"}, 415, "application/json"),
+        (GOOD, {"Content-Type": "application/json; charset=klingon"}, 415, "klingon"),
+        (b'{"name": "\xff"}', {}, 400, "utf-8"),
+        (rb'{"name": "\udfff", "count": 1}', {}, 400, "surrogate"),
+        (b'{"name": "a", "count": NaN}', {}, 400, "NaN"),
+    ],
+)
+async def test_encodings_and_media_types(client, body, headers, status, names):
+    """One reading layer: bodies decoded per Content-Encoding within the limit, and every
+    encoding, media type or text it cannot read refused as 4xx JSON naming the problem."""
+    resp = await client.post("/echo", data=body, headers={**JSON, **headers})
+    answer = await resp.json()
+    assert resp.status == status, answer
+    if status == 200:
+        assert answer == {"name": "a", "count": 1}
+    else:
+        assert answer["success"] is False and names in answer["error"], answer
+
+
+async def test_a_valid_surrogate_pair_is_text_not_an_error(client):
+    body = rb'{"name": "\ud83d\ude00", "count": 1}'  # one emoji, escaped as JSON allows
+    resp = await client.post("/echo", data=body, headers=JSON)
+    assert resp.status == 200 and (await resp.json())["name"] == "\U0001f600"
 
 
 async def test_routing_errors_and_bugs_are_json(client, caplog):

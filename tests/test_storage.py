@@ -143,11 +143,11 @@ async def test_unknown_or_malformed_cid_is_4xx_json(storage, arg, status):
 
 
 @pytest.mark.e2e
-async def test_malformed_requests_are_400_json(storage):
+async def test_malformed_requests_are_4xx_json(storage):
     async with aiohttp.ClientSession() as s:
-        # Not multipart at all.
+        # Not multipart at all: a media type storage does not take.
         async with s.post(f"{storage}/api/v0/add", data=b"plain") as resp:
-            assert resp.status == 400 and (await resp.json())["success"] is False
+            assert resp.status == 415 and "multipart/form-data" in (await resp.json())["error"]
         # Multipart without a boundary parameter.
         headers = {"Content-Type": "multipart/form-data"}
         async with s.post(f"{storage}/api/v0/add", data=b"--x\r\n", headers=headers) as resp:

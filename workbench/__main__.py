@@ -1,6 +1,8 @@
-"""`python -m workbench …`: stack up, one flow, wallets, a run, a report, a notebook run.
+"""`python -m workbench …`: stack up, one flow, wallets, a run, a report, a notebook run, compare.
 
-Subcommands import their modules lazily so `--help` is instant.
+Subcommands import their modules lazily so `--help` is instant. Exit codes: 0 ok, 99 criteria
+failed (`--fail-on-criteria`) or a regression (`--fail-on-regression`), 1 the run broke,
+2 bad input (see `workbench.errors`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workbench.errors import WorkbenchError
+from workbench.errors import EXIT_BAD_INPUT, WorkbenchError
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -51,6 +53,12 @@ def _preflight(args: argparse.Namespace) -> int:
     from workbench.cli.preflight import preflight_command
 
     return preflight_command(args.target, args.timeout_s)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from workbench.cli.compare import compare_command
+
+    return compare_command(args.run_a, args.run_b, args.fail_on_regression, args.tolerance)
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -114,10 +122,22 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--client", help="client timing preset: tight | sdk | upstream")
     r.add_argument(
+        "--rpc-rate-limit",
+        type=float,
+        dest="rpc_rate_limit",
+        help="at most this many RPC calls per second to each RPC URL (a client-side throttle)",
+    )
+    r.add_argument(
         "--workers", type=int, help="0: in this process (default); N: a local Dask cluster of N"
     )
     r.add_argument("--scheduler", help="an existing Dask cluster: tcp://host:8786")
-    r.add_argument("--fail-on-criteria", action="store_true", dest="fail_on_criteria", default=None)
+    r.add_argument(
+        "--fail-on-criteria",
+        action="store_true",
+        dest="fail_on_criteria",
+        default=None,
+        help="exit 99 when the verdict is FAILED",
+    )
     r.add_argument("--no-report", action="store_true", help="skip rendering report.html")
     r.set_defaults(func=_run)
 
@@ -144,6 +164,22 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--timeout-s", type=float, default=10.0, dest="timeout_s")
     pf.set_defaults(func=_preflight)
 
+    cmp = sub.add_parser("compare", help="compare run B against run A (a CI gate with a flag)")
+    cmp.add_argument("run_a", help="the baseline's results dir")
+    cmp.add_argument("run_b", help="the candidate's results dir")
+    cmp.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 99 when B's flows are significantly slower or its success rate lower",
+    )
+    cmp.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="a slowdown must also exceed this fraction of A's median (0.05: 5%%) to fail",
+    )
+    cmp.set_defaults(func=_compare)
+
     cl = sub.add_parser("cleanup", help="delete a run's uploaded objects from its storage")
     cl.add_argument("results_dir")
     cl.set_defaults(func=_cleanup)
@@ -156,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

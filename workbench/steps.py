@@ -19,6 +19,7 @@ CHAIN_OR_RELAYER = "chain / relayer"
 PERSONAL_SERVER = "personal server"
 API_RELAYER = "API server (relayer)"
 PERSONAL_VIA_API = "personal server (via API server)"
+API_SERVER = "API server"
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ STEP_TABLE = (
     Step("upload_file", "storage", STORAGE_SERVER, upload=True),
     Step("resolve_grantee", "rpc", CHAIN_RPC),
     Step("upload_grant", "storage", STORAGE_SERVER, upload=True),
-    Step("server_identity", "http", PERSONAL_SERVER),
+    Step("server_identity", "personal", PERSONAL_SERVER),
     Step("share_key", "crypto", CLIENT_CRYPTO),
     Step("read_nonce", "rpc", CHAIN_RPC),
     Step("sign_permission", "crypto", CLIENT_CRYPTO),
@@ -56,7 +57,9 @@ STEP_TABLE = (
 ERROR_CLASS_TABLE = (
     ErrorClass("storage", STORAGE_SERVER),
     ErrorClass("rpc", CHAIN_OR_RELAYER),
-    ErrorClass("http", "API server", by_step=True),
+    ErrorClass("api", API_SERVER),  # its port refused or reset a connection, at any step
+    ErrorClass("personal", PERSONAL_SERVER),
+    ErrorClass("http", API_SERVER, by_step=True),
     ErrorClass("nonce", CHAIN_OR_RELAYER),
     ErrorClass("relay", API_RELAYER),
     ErrorClass("revert", CHAIN_OR_RELAYER),
@@ -69,6 +72,15 @@ ERROR_CLASS_TABLE = (
     ErrorClass("driver", "workbench (a driver worker was lost)"),
 )
 
+# A connection refused or reset by a component's port is that component's failure, whatever step
+# ran (the API server down fails inference steps too): its class, by the endpoint it serves.
+ENDPOINT_CLASS = {
+    "api_url": "api",
+    "storage_url": "storage",
+    "personal_server_url": "personal",
+    "rpc_url": "rpc",
+}
+
 STEPS = tuple(s.name for s in STEP_TABLE)
 ERROR_CLASSES = tuple(c.name for c in ERROR_CLASS_TABLE)
 UPLOAD_STEPS = tuple(s.name for s in STEP_TABLE if s.upload)
@@ -78,6 +90,7 @@ BY_STEP_CLASSES = tuple(c.name for c in ERROR_CLASS_TABLE if c.by_step)
 _STEP = {s.name: s for s in STEP_TABLE}
 _CLASS = {c.name: c for c in ERROR_CLASS_TABLE}
 assert all(s.error_class in _CLASS for s in STEP_TABLE), "a step's class must be an error class"
+assert set(ENDPOINT_CLASS.values()) <= set(_CLASS), "an endpoint's class must be an error class"
 
 
 def step_class(step: str | None, unknown: str) -> str:

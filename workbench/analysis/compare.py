@@ -83,3 +83,27 @@ def _ok(df: pd.DataFrame, step: str | None = None) -> np.ndarray:
 def _steps_in_order(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     present = set(a.get("step", pd.Series(dtype=str))) | set(b.get("step", pd.Series(dtype=str)))
     return [s for s in STEPS if s in present]
+
+
+def regressions(
+    table: pd.DataFrame, success: dict[str, Any], alpha: float = ALPHA, tolerance: float = 0.0
+) -> list[str]:
+    """What got significantly worse from A to B: the whole flow's latency (Mann-Whitney U
+    p < alpha and a median ratio above 1 + `tolerance`) and the success rate (Fisher's exact
+    p < alpha, B lower). Steps are compared but not gated: thirteen tests at alpha 0.05 would
+    flag noise in most comparisons."""
+    found = []
+    if "flow" in table.index:
+        flow = table.loc["flow"]
+        if flow["verdict"] == "slower" and flow["ratio"] > 1 + tolerance:
+            found.append(
+                f"flows slower: median {flow['median_a']:.3f}s -> {flow['median_b']:.3f}s "
+                f"(x{flow['ratio']:.3f}, Mann-Whitney U p={flow['p_value']:.3g})"
+            )
+    p = success.get("p_value")
+    if p is not None and p < alpha and success["rate_b"] < success["rate_a"]:
+        found.append(
+            f"success rate lower: {success['rate_a']:.1%} -> {success['rate_b']:.1%} "
+            f"(Fisher's exact p={p:.3g})"
+        )
+    return found

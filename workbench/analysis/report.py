@@ -1,7 +1,9 @@
 """The shareable report of a run, rendered from its results dir alone.
 
-`render(results_dir)` writes `summary.json`, `criteria.csv`, `histograms/` (per-step HdrHistograms,
-see `analysis.histograms`), `figures/*.png` and `report.html`.
+`render(results_dir)` writes `summary.json`, `criteria.csv`, `criteria.xml` (JUnit, see
+`analysis.junit`), `stats.csv` and `stats_history.csv` (Locust's columns, see
+`analysis.stats_csv`), `histograms/` (per-step HdrHistograms, see `analysis.histograms`),
+`figures/*.png` and `report.html`.
 The HTML is an nbformat notebook built in memory (markdown cells, and display_data outputs for
 tables and figures; no kernel runs) exported by nbconvert without inputs, with every image a data
 URI and no script or stylesheet fetched from anywhere: it opens offline, without Jupyter.
@@ -36,11 +38,19 @@ from workbench.analysis import report_html as html
 from workbench.analysis.console import console_text
 from workbench.analysis.histograms import write_run_histograms
 from workbench.analysis.results import Results, load_results
+from workbench.analysis.stats_csv import write_stats_csv
 from workbench.analysis.summary import summarize, write_summary
 from workbench.errors import WorkbenchError
 from workbench.secrets import known_secrets, refuse_secrets
 
-OUTPUTS = ("summary.json", "criteria.csv", "report.html")
+OUTPUTS = (
+    "summary.json",
+    "criteria.csv",
+    "criteria.xml",
+    "stats.csv",
+    "stats_history.csv",
+    "report.html",
+)
 FIGURE_CAPTIONS = {
     "latency_histogram": "Completion time of successful flows, with p50 / p95 / p99 and the "
     "criteria's target and acceptable thresholds.",
@@ -63,8 +73,8 @@ def render(
     criteria_path: str | Path | None = None,
     secrets: Iterable[str] | None = None,
 ) -> Path:
-    """Writes summary.json, criteria.csv, histograms/, figures/*.png and report.html; returns
-    report.html.
+    """Writes summary.json, criteria.csv, criteria.xml, stats.csv, stats_history.csv,
+    histograms/, figures/*.png and report.html; returns report.html.
 
     `criteria_path` defaults to the criteria file recorded in config.json, then to ms03.
     `secrets` adds keys to refuse to `known_secrets()`: the run's wallet keys and mnemonic (the
@@ -82,6 +92,7 @@ def render(
         stage.mkdir(parents=True)
         write_summary(stage, summary)
         write_run_histograms(stage, results, summary.get("wall_s"))
+        write_stats_csv(stage, results, summary.get("wall_s"))
         figures = plots.save_all(results, summary, summary["criteria"], stage / "figures")
         notebook = build_notebook(results, summary, figures, criteria_note)
         (stage / "report.html").write_text(html.export_html(notebook), encoding="utf-8")
@@ -154,6 +165,43 @@ def faults_markdown(summary: Mapping[str, Any]) -> str:
     )
 
 
+def rate_limits_markdown(summary: Mapping[str, Any]) -> str:
+    """The warning when anything answered 429, what retried, and what the throttle delayed."""
+    req = summary.get("requests") or {}
+    if not req.get("total"):
+        return "No per-request record (`requests.csv`) in this results dir."
+    parts = []
+    limited = {k: v["rate_limited"] for k, v in req["by_name"].items() if v.get("rate_limited")}
+    if limited:
+        names = ", ".join(f"{name} {n:,}" for name, n in limited.items())
+        rpc = any(name.startswith("RPC ") for name in limited)
+        advice = " Against a provider's RPC, `rpc_rate_limit` keeps a run under its limit."
+        parts.append(
+            f"> ⚠️ **Rate limited: {req['rate_limited']:,} answers asked the driver to slow "
+            f'down** (HTTP 429, or JSON-RPC -32005 "limit exceeded"): {names}. While rate '
+            f"limited, a run measures the limiter more than the system.{advice if rpc else ''}"
+        )
+    parts.append(
+        f"{req['total']:,} requests, {req['failed']:,} failed, {req['retried']:,} were retries "
+        f"of a failed attempt, {req['unavailable']:,} answered 503. Latency percentiles are of "
+        "the successful attempts."
+    )
+    retried = {k: v for k, v in (summary.get("step_retries") or {}).items() if v["retries"]}
+    if retried:
+        steps = ", ".join(
+            f"{k} {v['retries']:,} in {v['retried']:,} steps" for k, v in retried.items()
+        )
+        parts.append(f"Retries and reconnects inside steps: {steps}.")
+    throttle = req.get("throttle") or {}
+    if throttle.get("limit_per_s"):
+        parts.append(
+            f"Client throttle: at most {throttle['limit_per_s']:g} RPC calls/s per endpoint; it "
+            f"delayed {throttle['delayed']:,} calls by {throttle['wait_s']:.1f} s in all"
+            + (f" (longest {throttle['max_wait_ms']:.0f} ms)." if throttle["delayed"] else ".")
+        )
+    return "\n\n".join(parts)
+
+
 def build_notebook(
     results: Results,
     summary: Mapping[str, Any],
@@ -192,6 +240,8 @@ def build_notebook(
     cells.append(_md(_trend_markdown(summary)))
     cells += _figure_cells(by_name, "errors", "## Errors")
     cells.append(_html(html.error_table_html(results)))
+    cells.append(_md("## Rate limits and retries\n\n" + rate_limits_markdown(summary)))
+    cells.append(_html(html.request_table_html(summary)))
     cells.append(_md("## Faults injected\n\n" + faults_markdown(summary)))
     notes = simulated_notes(results.config)
     if notes:

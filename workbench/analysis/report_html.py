@@ -111,6 +111,24 @@ def error_table_html(results: Results) -> str:
     return _table(("Error class", "Failed step", "Flows", "Component at fault", "Example"), rows)
 
 
+def request_table_html(summary: Mapping[str, Any]) -> str:
+    """Per RPC method and HTTP endpoint: attempts, failures, retries, 429s and 503s, latency of
+    the successful attempts in ms, and the throttle's delays when it held calls back."""
+    by_name = (summary.get("requests") or {}).get("by_name") or {}
+    if not by_name:
+        return ""
+    throttled = any(row.get("throttled") for row in by_name.values())
+    cols: tuple[str, ...] = ("requests", "failures", "retries", "rate_limited", "unavailable")
+    cols += ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+    headers = ["Request", "Count", "Failures", "Retries", "429", "503"]
+    headers += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms"]
+    if throttled:
+        cols += ("throttled", "wait_s")
+        headers += ["Throttled", "Waited s"]
+    rows = [[name, *(row.get(c) for c in cols)] for name, row in by_name.items()]
+    return _table(headers, rows, "wb-requests")
+
+
 def latency_table_html(summary: Mapping[str, Any]) -> str:
     lat = summary.get("latency") or {}
     conf = lat.get("confidence", 0.95)

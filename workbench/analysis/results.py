@@ -1,4 +1,4 @@
-"""Loading a results dir into DataFrames: flows, steps, run marks, samples, config."""
+"""Loading a results dir into DataFrames: flows, steps, run marks, samples, requests, config."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench import request_log
 from workbench.errors import WorkbenchError
 from workbench.events import read_events
 
@@ -58,6 +59,7 @@ class Results:
     samples: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
+    requests: pd.DataFrame = field(default_factory=lambda: _empty_requests())
 
     @property
     def run_start(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ def load_results(results_dir: str | Path) -> Results:
         samples=load_samples(path / "samples.csv"),
         config=_load_config(path / "config.json"),
         complete=_completed(runs),
+        requests=load_requests(path / request_log.FILE),
     )
 
 
@@ -146,6 +149,32 @@ def load_samples(path: str | Path) -> pd.DataFrame:
     for col in ("t", "value"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df.dropna(subset=["t", "value", "component", "metric"]).reset_index(drop=True)
+
+
+def load_requests(path: str | Path) -> pd.DataFrame:
+    """requests.csv (see `workbench.request_log`); a torn last line is dropped, no file (a run
+    from before it existed) gives no rows. `ok` and `rate_limited` are added."""
+    try:
+        df = pd.read_csv(path, on_bad_lines="skip", dtype={"type": str, "name": str, "error": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return _empty_requests()
+    df = df.reindex(columns=list(request_log.COLUMNS))
+    for col in ("t", "ms", "status", "retry", "bytes", "wait_ms"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df = df.dropna(subset=["t", "ms"]).reset_index(drop=True)
+    counts = ["status", "retry", "bytes", "wait_ms"]  # empty wait_ms: the throttle never held it
+    df[counts] = df[counts].fillna(0)
+    df["error"] = df["error"].fillna("").astype(str)
+    df["ok"] = df["error"] == ""
+    df["rate_limited"] = (df["status"] == 429) | (
+        df["error"] == f"RPC {request_log.RATE_LIMIT_CODE}"
+    )
+    return df
+
+
+def _empty_requests() -> pd.DataFrame:
+    df = pd.DataFrame(columns=[*request_log.COLUMNS, "ok", "rate_limited"])
+    return df.astype({"t": float, "ms": float, "ok": bool, "rate_limited": bool})
 
 
 def _load_config(path: Path) -> dict[str, Any]:

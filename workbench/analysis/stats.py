@@ -39,6 +39,7 @@ from scipy import stats
 from workbench.analysis.results import COMPONENT_ORDER, Results
 from workbench.steps import API_STEPS, BY_STEP_CLASSES, UPLOAD_STEPS, in_flow_order
 
+API_DOWN = "api"  # a connection the API server's port refused or reset, at any step
 MIN_TREND_SPAN_S = 30.0  # shortest steady span whose RSS slope means anything
 WARMUP_FRAC = 0.2
 QUANTILES = {"p50": 50, "p95": 95, "p99": 99}
@@ -225,16 +226,14 @@ def error_classes(flows_df: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def api_errors(steps_df: pd.DataFrame, samples_df: pd.DataFrame) -> dict[str, Any]:
-    """Timeouts and HTTP errors at the API server's steps, plus api process crashes if sampled.
+    """Timeouts and HTTP errors at the API server's steps, connections the API server refused or
+    reset at any step (class `api`), plus api process crashes if sampled.
 
     Crashes = max(deaths the sampler marked (`alive 0`), pid changes): a crash followed by a
     restart shows as both and counts once. None when the api process was not sampled.
     """
-    failed = steps_df[
-        steps_df["step"].isin(API_STEPS)
-        & ~steps_df["ok"]
-        & steps_df["error_class"].isin(BY_STEP_CLASSES)  # the API server's, not the chain's
-    ]
+    at_api = steps_df["step"].isin(API_STEPS) & steps_df["error_class"].isin(BY_STEP_CLASSES)
+    failed = steps_df[~steps_df["ok"] & (at_api | (steps_df["error_class"] == API_DOWN))]
     api = samples_df[samples_df["component"] == "api"]
     crashes = None
     if not api.empty:

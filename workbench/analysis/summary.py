@@ -1,4 +1,6 @@
-"""`summary.json`: every figure of a run in one dict, judged against its criteria."""
+"""`summary.json`: every figure of a run in one dict, judged against its criteria; written with
+`criteria.csv` and `criteria.xml` (JUnit), and by `analyze` with the HdrHistograms and the
+Locust-style `stats.csv` / `stats_history.csv`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import pandas as pd
 from workbench.analysis import criteria as crit
 from workbench.analysis import saturation
 from workbench.analysis.histograms import write_run_histograms
+from workbench.analysis.junit import write_junit
+from workbench.analysis.request_stats import request_summary, step_retries
 from workbench.analysis.results import Results, _present, load_results
 from workbench.analysis.stats import (
     api_errors,
@@ -33,6 +37,7 @@ from workbench.analysis.stats import (
     success_rates,
     workbench_cpu,
 )
+from workbench.analysis.stats_csv import write_stats_csv
 from workbench.analysis.workers import worker_stats
 from workbench.events import stored_objects
 
@@ -105,6 +110,8 @@ def summarize(
         "worker_stats": worker_stats(results),
         "gauges": gauge_peaks(samples),
         "step_stats": step_breakdown(steps).to_dict(orient="index"),
+        "step_retries": step_retries(steps),
+        "requests": request_summary(results.requests, results.config),
         "error_classes": errs["by_class"],
         "failed_steps": errs["by_step"],
         "faults_injected": _faults(results.config),
@@ -226,19 +233,22 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_summary(results_dir: str | Path, summary: dict[str, Any]) -> Path:
-    """Writes summary.json and criteria.csv into the results dir; returns summary.json's path."""
+    """Writes summary.json, criteria.csv and criteria.xml (JUnit) into the results dir; returns
+    summary.json's path."""
     path = Path(results_dir)
     out = path / "summary.json"
     out.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     crit.to_csv(summary.get("criteria", []), path / "criteria.csv")
+    write_junit(path, summary)
     return out
 
 
 def analyze(results_dir: str | Path, criteria: crit.Criteria | str | Path | None = None) -> dict:
-    """load_results + summarize + write_summary and the run's HdrHistograms (`histograms/`),
-    for the notebooks and the CLI."""
+    """load_results + summarize + write_summary, the run's HdrHistograms (`histograms/`) and
+    stats.csv / stats_history.csv, for the notebooks and the CLI."""
     results = load_results(results_dir)
     summary = summarize(results, criteria)
     write_summary(results_dir, summary)
     write_run_histograms(results_dir, results, summary.get("wall_s"))
+    write_stats_csv(results_dir, results, summary.get("wall_s"))
     return summary

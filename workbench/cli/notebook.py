@@ -1,4 +1,8 @@
-"""`python -m workbench notebook NB`: executes a notebook with papermill, prints the report path."""
+"""`python -m workbench notebook NB`: executes a notebook with papermill, prints the report path.
+
+Exit codes as `run`'s: 99 when the notebook raised CriteriaFailed (fail_on_criteria), 2 when it
+raised a WorkbenchError (a bad parameter), 1 when anything else failed in it.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ import papermill as pm
 import yaml
 
 from workbench.driver.config import RunConfig
-from workbench.errors import WorkbenchError
+from workbench.errors import EXIT_BAD_INPUT, EXIT_BROKE, EXIT_FAILED, WorkbenchError
 from workbench.params import PROJECT_ROOT, load
 
 
 def notebook_command(args: Namespace) -> int:
     """Executes a notebook with papermill into its results dir and prints where the report is."""
-
+    # Lazy: workbench.notebook imports IPython and the analysis, which `--help` must not pay.
     from workbench.notebook import check_parameters
 
     notebook = Path(args.notebook)
@@ -44,16 +48,20 @@ def notebook_command(args: Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"▶ papermill {notebook} -> {out_dir / notebook.name}")
     # The notebook's own output (setup lines, per-user lines, results) streams to the terminal.
-    pm.execute_notebook(
-        str(notebook),
-        str(out_dir / notebook.name),
-        parameters=params,
-        cwd=str(PROJECT_ROOT),
-        progress_bar=False,
-        log_output=True,
-        stdout_file=sys.stdout,
-        stderr_file=sys.stderr,
-    )
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(out_dir / notebook.name),
+            parameters=params,
+            cwd=str(PROJECT_ROOT),
+            progress_bar=False,
+            log_output=True,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+        )
+    except pm.PapermillExecutionError as e:
+        print(f"❌ {e.ename}: {e.evalue}  (executed notebook: {out_dir / notebook.name})")
+        return _EXIT_BY_ERROR.get(e.ename, EXIT_BROKE)
     report = out_dir / "report.html"
     summary = (
         json.loads((out_dir / "summary.json").read_text())
@@ -62,6 +70,9 @@ def notebook_command(args: Namespace) -> int:
     )
     print(f"📄 Report: {report}  verdict: {summary.get('verdict', '?')}")
     return 0
+
+
+_EXIT_BY_ERROR = {"CriteriaFailed": EXIT_FAILED, "WorkbenchError": EXIT_BAD_INPUT}
 
 
 def _literal(text: str) -> Any:

@@ -37,7 +37,7 @@ from distributed import Client, LocalCluster
 from workbench.analysis import console
 from workbench.driver import shard
 from workbench.driver.config import RunConfig
-from workbench.driver.shapes import SIZE_BYTES, data_size_for, shape_from_config
+from workbench.driver.shapes import SIZE_BYTES, data_size_for
 from workbench.errors import WorkbenchError
 from workbench.events import FlowKey, flow_event, run_mark, worker_component
 from workbench.steps import STEPS
@@ -184,7 +184,7 @@ class Coordinator:
             await runner._start_faults(stack)
             runner.console.say(console.MONITORING_ACTIVE)
             runner.console.say(console.launching(self.cfg.users, self.cfg.shape))
-            runner.console.start_bar(shape_from_config(self.cfg).expected_flows())
+            await stack.enter_async_context(runner._live_view())
             await self._until_done()
         finally:
             await self._stop_shards()
@@ -348,6 +348,9 @@ class Coordinator:
         rows = message.get("samples") or []
         if rows and self.runner is not None and self.runner.sampler is not None:
             self.runner.sampler.write_rows([tuple(row) for row in rows])
+        requests = message.get("requests") or []
+        if requests and self.runner is not None:
+            self.runner.requests.extend([tuple(row) for row in requests])
 
     def _record(self, w: _Worker, event: dict[str, Any]) -> None:
         assert self.runner is not None
@@ -356,6 +359,7 @@ class Coordinator:
             self.inflight[flow_id] = _InFlight(
                 w.index, flow_id, event["user"], event["address"], event["t"]
             )
+            self.runner.live.flow_started(flow_id)
             return
         if kind == "step":
             self._step_seen(event)

@@ -73,6 +73,7 @@ class RunConfig:
     step_hold_s: float = 60
     flow_timeout_s: float | None = None  # None: the profile's flow.flow_timeout_s
     max_connections: int = 200
+    rpc_rate_limit: float | None = None  # RPC calls/s to each RPC URL at most; None: no throttle
     run_id: str | None = None  # None: generated, see new_run_id
     inference_prompt: str = DEFAULT_PROMPT
     # How the client behaves: who sends the permission's transaction, and whose timings.
@@ -423,6 +424,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "step_hold_s": _float(0, above=True),
     "flow_timeout_s": _float(0, above=True, optional=True),
     "max_connections": _int(1, 100_000),
+    "rpc_rate_limit": _float(0, above=True, optional=True),
     "run_id": _run_id,
     "inference_prompt": _text(4000),
     "relay": _choice(RELAY_MODES),
@@ -437,6 +439,7 @@ _EXAMPLES: dict[str, Any] = {
     **_DEFAULTS,
     "rate_per_s": 2.5,
     "flow_timeout_s": 300,
+    "rpc_rate_limit": 20,
     "run_id": "ms03-baseline",
     "workers": 2,
     "scheduler": "tcp://127.0.0.1:8786",

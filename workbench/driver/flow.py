@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,7 +28,8 @@ from web3.exceptions import ContractLogicError
 from workbench.driver import clients
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Emit, FlowEvent, FlowKey, FlowStatus, flow_event, step_event
-from workbench.steps import step_class
+from workbench.request_log import NO_LOG, RequestLog
+from workbench.steps import ENDPOINT_CLASS, step_class
 from workbench.vana import chain, crypto, permission, relay, retry
 from workbench.vana.ipfs import IpfsProvider
 from workbench.vana.target import Endpoints
@@ -35,6 +37,17 @@ from workbench.vana.views import ViewFunction
 
 # Statuses of an operation that is still running on the personal server.
 RUNNING = frozenset({"starting", "processing", "queued", "pending", "running"})
+
+# What a dead or dying server does to a connection: refuses it, drops it before answering, cuts
+# the answer short. (A timeout is not one: the server may be alive and slow.)
+CONNECTION_FAILURES = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+)
 
 
 class FlowError(Exception):
@@ -142,6 +155,7 @@ class FlowContext:
     run_id: str = ""
     light_executor: Executor | None = None
     ipfs: IpfsProvider | None = None  # where uploads go; None: Kubo at endpoints.storage_url
+    request_log: RequestLog = NO_LOG  # every request attempt, for per-request statistics
     worker: int | None = None  # the Dask worker running these flows (None: in-process)
     _contracts: dict[str, Any] = field(default_factory=dict)
     _views: dict[tuple[str, str], ViewFunction] = field(default_factory=dict)
@@ -149,6 +163,17 @@ class FlowContext:
     def __post_init__(self) -> None:
         if self.ipfs is None:
             self.ipfs = IpfsProvider.kubo(self.endpoints.storage_url)
+
+    def endpoint_class(self, url: str | None) -> str | None:
+        """The error class of the component serving `url`, matched by host and port."""
+        if url is None:
+            return None
+        host_port = _host_port(url)
+        for name, cls in ENDPOINT_CLASS.items():
+            urls = str(getattr(self.endpoints, name)).split(",")  # rpc_url may list several
+            if host_port in {_host_port(u.strip()) for u in urls}:
+                return cls
+        return None
 
     def contract(self, name: str) -> Any:
         if name not in self._contracts:
@@ -202,6 +227,7 @@ class FlowRecord:
     current: str | None = None
     deadline_ns: int = 0
     step_extra: dict[str, Any] = field(default_factory=dict)  # facts for the current step event
+    peer: str | None = None  # the URL the current step last sent a request to
     result: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -235,6 +261,7 @@ class FlowRun:
         """Times one step and emits its event; failures become FlowError with a class."""
         self.rec.current = name
         self.rec.step_extra = {}
+        self.rec.peer = None
         attempts = [1]
         t0, start_ns, error, error_class = self.ctx.clock.now(), time.perf_counter_ns(), None, None
         try:
@@ -253,7 +280,7 @@ class FlowRun:
             error, error_class = f"timeout in {name}", "timeout"
             raise FlowError("timeout", f"timeout in {name}") from e
         except Exception as e:  # any other failure is classified by the step it happened in
-            error, error_class = _describe(e), classify(name, e)
+            error, error_class = _describe(e), self._refused_by(e) or classify(name, e)
             raise FlowError(error_class, error) from e
         finally:
             duration = (time.perf_counter_ns() - start_ns) / 1e9
@@ -272,6 +299,17 @@ class FlowRun:
                     facts={**facts, **self.rec.step_extra},
                 )
             )
+
+    def _refused_by(self, exc: BaseException) -> str | None:
+        """The class of the component whose port refused or reset the failed connection; None
+        if the failure was something else. The address comes from the error when it has one (a
+        refused connect, also web3's), else from this step's last request."""
+        failure = _connection_failure(exc)
+        if failure is None:
+            return None
+        if isinstance(failure, aiohttp.ClientConnectorError):
+            return self.ctx.endpoint_class(f"http://{failure.host}:{failure.port}")
+        return self.ctx.endpoint_class(self.rec.peer)
 
     async def run(self, data: bytes) -> None:
         ctx, w = self.ctx, self.wallet
@@ -466,17 +504,24 @@ class FlowRun:
         return await self.request("POST", url, json=body)
 
     async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.rec.peer = url
         timeout = aiohttp.ClientTimeout(total=self.ctx.settings.http_timeout_s)
-        async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
-                body = (await resp.text(errors="replace"))[:200]
-            if resp.status >= 400:
-                raise HttpStatusError(resp.status, body)
-            if isinstance(body, dict) and body.get("success") is False:
-                raise HttpStatusError(resp.status, body)
-            return body
+        timed = self.ctx.request_log.timed(method, _path(url), retry.is_retry())
+        with timed as record:
+            async with self.ctx.session.request(method, url, timeout=timeout, **kwargs) as resp:
+                record.status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError):
+                    body = (await resp.text(errors="replace"))[:200]
+                record.nbytes = resp.content_length or 0
+                if resp.status >= 400:
+                    record.error = f"HTTP {resp.status}"
+                    raise HttpStatusError(resp.status, body)
+                if isinstance(body, dict) and body.get("success") is False:
+                    record.error = "success: false"
+                    raise HttpStatusError(resp.status, body)
+                return body
 
 
 async def run_flow(
@@ -577,6 +622,30 @@ def _relay_hash(answer: Any) -> str:
         raise FlowError("relay", str(e)) from None
 
 
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """`error` or an exception it was raised from that is a connection failure."""
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECTION_FAILURES):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.hostname or "").lower(), port
+
+
+@functools.lru_cache(maxsize=256)
+def _path(url: str) -> str:
+    """A request's name in the request log: its URL's path (Locust's convention)."""
+    return urllib.parse.urlsplit(url).path or "/"
+
+
 def _grantee_address(grantee: Any) -> str:
     # web3 returns the struct as a tuple (owner, granteeAddress, publicKey, permissionIds)
     return grantee["granteeAddress"] if isinstance(grantee, dict) else grantee[1]
@@ -628,12 +697,15 @@ async def flow_context(
     max_connections: int = 200,
     crypto_threads: int | None = None,
     ipfs: IpfsProvider | None = None,
+    request_log: RequestLog | None = None,
+    rpc_rate_limit: float | None = None,
     worker: int | None = None,
 ):
     """Opens what flows share: one pooled HTTP session, one web3 client, one crypto pool.
 
     Threads suffice for the crypto: the OpenPGP key stretching is hashlib, which releases the
-    GIL on large buffers, and the signatures are sub-millisecond.
+    GIL on large buffers, and the signatures are sub-millisecond. Every request attempt goes to
+    `request_log`; at most `rpc_rate_limit` RPC calls/s go to each RPC URL.
     """
     settings = settings or FlowSettings()
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
@@ -643,7 +715,13 @@ async def flow_context(
         initializer=_lower_crypto_priority,
     )
     light = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crypto_light")
-    w3 = chain.make_web3(endpoints.rpc_url, timeout_s=settings.http_timeout_s)
+    log = request_log or NO_LOG
+    w3 = chain.make_web3(
+        endpoints.rpc_url,
+        timeout_s=settings.http_timeout_s,
+        rate_limit=rpc_rate_limit,
+        request_log=log,
+    )
     # web3's validation middleware asks eth_chainId twice per eth_call (3 round trips where a
     # client sends 1, inflating the timed reads and the node's load) and costs ~1.5 ms of loop
     # CPU per call. The only transactions flows send (relay direct) carry an explicit chainId.
@@ -651,17 +729,19 @@ async def flow_context(
         w3.middleware_onion.remove("validation")
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
+            clock = clock or Clock()
             yield FlowContext(
                 endpoints,
                 session,
                 w3,
                 executor,
                 emit,
-                clock or Clock(),
+                clock,
                 settings,
                 run_id,
                 light,
                 ipfs,
+                log,
                 worker,
             )
     finally:

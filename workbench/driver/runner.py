@@ -1,14 +1,15 @@
 """Runs a load shape of concurrent flows and writes the results dir as it goes.
 
 One asyncio task per flow, all on one event loop, sharing pooled connections. Everything is
-appended to `outputs/<run-id>/` while it happens (events flushed per event, samples per tick),
-so a run that dies still leaves analysable data; on Ctrl-C in-flight flows are recorded as
-cancelled.
+appended to `outputs/<run-id>/` while it happens (events flushed per event, samples per tick,
+request rows every second), so a run that dies still leaves analysable data; on Ctrl-C
+in-flight flows are recorded as cancelled. While flows run, `driver.live` shows their state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -21,19 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
 import workbench
 from workbench.analysis import console
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
 from workbench.driver.flow import FlowContext, FlowSettings, Wallet, flow_context, run_flow
+from workbench.driver.live import LiveStats, LiveView
 from workbench.driver.preflight import checked_target
 from workbench.driver.sampler import ControlTicker, LoopLagProbe, Sampler
 from workbench.driver.versions import installed_versions
 from workbench.errors import WorkbenchError
 from workbench.events import Clock, Event, EventWriter, FlowEvent, RunMarkName, run_mark
 from workbench.params import load_profile
+from workbench.request_log import FILE as REQUESTS_FILE
+from workbench.request_log import NO_LOG, RequestLog
 from workbench.stack.faults import load_faults
 from workbench.stack.local import LocalStack
 from workbench.vana.chain import close_web3, make_web3
@@ -52,38 +54,20 @@ class RunOutcome:
 
 
 class Console:
-    """The run's human output: setup lines as in the milestone, a progress bar, per-user lines
-    (their texts live in `workbench.analysis.console`, which the report replays them from)."""
+    """The run's human output: setup lines as in the milestone and per-user lines (their texts
+    live in `workbench.analysis.console`, which the report replays them from). The live state
+    (`progress`) is `driver.live`'s: a panel in Jupyter, status lines elsewhere."""
 
     def __init__(self, out: TextIO, users: int, progress: bool):
         self.out, self.users, self.progress = out, users, progress
-        self.bar: tqdm | None = None
-        self.ok = 0
 
     def say(self, line: str) -> None:
-        (self.bar.write if self.bar is not None else print)(line, file=self.out)
-
-    def start_bar(self, total: int | None) -> None:
-        # The bar goes to stderr and the lines to stdout: a notebook then keeps a clean stream
-        # of per-user lines and a single live bar; in a terminal tqdm.write interleaves them.
-        if self.progress:
-            self.bar = tqdm(
-                total=total, desc="flows", unit="flow", file=sys.stderr, mininterval=0.5
-            )
+        print(line, file=self.out, flush=True)
 
     def flow_done(self, event: FlowEvent) -> None:
-        self.ok += bool(event["ok"])
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(ok=self.ok, refresh=False)
         if event["ok"] and self.users > PER_USER_LINES_MAX:
             return
         self.say(console.user_line(event))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 class Runner:
@@ -117,6 +101,8 @@ class Runner:
         self.local: Any = None  # the LocalStack this run started: fault actions act on it
         self.t_start = 0.0  # the run's start on the clock: shapes count from there
         self.sampler: Any = None
+        self.live = LiveStats()  # fed by every event written: what the live view shows
+        self.requests: RequestLog = NO_LOG
         self.cluster: Any = None  # the Dask coordinator of a run with workers
 
     async def execute(self) -> RunOutcome:
@@ -136,6 +122,7 @@ class Runner:
                 # t=0 once setup (stack start, funding) is done, just before the first sample:
                 # events, samples, throughput windows and the timeline all count from here.
                 self.clock.restart()
+                self.requests = RequestLog(self.dir / REQUESTS_FILE, self.clock.origin_ns)
                 self.sampler = await stack.enter_async_context(self._sampler(target))
                 if self.cluster is not None:  # the workers run the flows; they stream here
                     await self.cluster.drive(self, stack, target, ws)
@@ -152,7 +139,7 @@ class Runner:
             raise
         finally:
             await self._cancel_inflight()
-            self.console.close()
+            self.requests.close()
             self._mark("end", reason=reason, flows=self.outcome.flows, ok=self.outcome.ok)
             self.writer.sync()
             self.writer.close()
@@ -179,6 +166,8 @@ class Runner:
                 clock=self.clock,
                 max_connections=self.cfg.max_connections,
                 ipfs=target.ipfs,
+                request_log=self.requests,
+                rpc_rate_limit=self.cfg.rpc_rate_limit,
             )
         )
         self.t_start = self.clock.now()  # shapes count from the run's start
@@ -190,6 +179,7 @@ class Runner:
             client=self.cfg.client,
         )
         await self._start_faults(stack)
+        await stack.enter_async_context(self._live_view())
         try:
             await self._drive(ctx, ws)
         finally:  # on Ctrl-C or an error, flows end as cancelled while their clients
@@ -224,7 +214,7 @@ class Runner:
         ws = wallets.load_or_generate(n)
         self.outcome.wallets = [*ws.private_keys(), ws.mnemonic]
         self.console.say(console.wallets_loaded(n))
-        w3 = _web3(target)
+        w3 = _web3(target, self.cfg.rpc_rate_limit)
         # Users only sign, unless they send their own transactions (relay direct) and pay gas.
         direct = self.cfg.relay == "direct"
         need = wallets.DIRECT_TARGET_WEI if direct else wallets.DEFAULT_TARGET_WEI
@@ -280,10 +270,8 @@ class Runner:
 
     async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
         shape = self.shape = shapes.shape_from_config(self.cfg)
-        expected = shape.expected_flows()
         self.console.say(console.MONITORING_ACTIVE)
         self.console.say(console.launching(self.cfg.users, self.cfg.shape))
-        self.console.start_bar(expected)
         for launch in self._launches(shape):
             delay = launch.at_s - self._since_start()
             if delay > 0:
@@ -296,6 +284,24 @@ class Runner:
             bugs = [e for e in done if isinstance(e, Exception)]
             if bugs:
                 raise bugs[0]
+
+    def _live_view(self) -> Any:
+        """The panel (Jupyter) or status lines (elsewhere) while flows run; none without
+        `progress`. Entered before the flows and left after the cancelled ones are recorded,
+        so its last refresh is the run's final state."""
+        if not self.console.progress:
+            return contextlib.nullcontext()
+        shape, sampler = shapes.shape_from_config(self.cfg), self.sampler
+        return LiveView(
+            self.live,
+            self._since_start,
+            say=self.console.say,
+            gauges=(lambda: sampler.latest) if hasattr(sampler, "latest") else dict,
+            requests=self.requests,
+            deadline_s=shape.start_deadline_s(),
+            expected_flows=shape.expected_flows(),
+            title=f"run {self.cfg.run_id} · {self.cfg.shape}, {self.cfg.users} users",
+        )
 
     def _launches(self, shape: shapes.LoadShape) -> Any:
         """The launches this process runs: all of them (a Dask worker runs its shard)."""
@@ -345,6 +351,7 @@ class Runner:
         # started at 35 s, and the run was not the shape it said.
         make = functools.partial(shapes.make_user_data, seed=self.cfg.seed + flow_id)
         data = await ctx.cpu(make, size, wallet.index, light=True)
+        self.live.flow_started(flow_id)
         event = await run_flow(ctx, wallet, data, flow_id=flow_id, data_size=size, extra=extra)
         self.outcome.flows += 1
         self.outcome.ok += bool(event["ok"])
@@ -368,6 +375,7 @@ class Runner:
     def _emit(self, event: Event) -> None:
         assert self.writer is not None  # set first thing in execute(), which emits everything
         self.writer.write(event)
+        self.live.observe(event)
 
     def _mark(self, what: RunMarkName, **facts: Any) -> None:
         self._emit(run_mark(what, self.clock.now(), str(self.cfg.run_id), **facts))
@@ -393,8 +401,8 @@ class Runner:
         )
 
 
-def _web3(target: Target):
-    return make_web3(target.endpoints.rpc_url)
+def _web3(target: Target, rate_limit: float | None = None):
+    return make_web3(target.endpoints.rpc_url, rate_limit=rate_limit)
 
 
 def versions() -> dict[str, str]:

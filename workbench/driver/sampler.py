@@ -221,6 +221,8 @@ class Sampler:
         self.http_timeout_s = http_timeout_s
         self.ticks = 0
         self.tick_cpu_ms: list[float] = []  # CPU the psutil part of each tick cost (thread time)
+        # The newest value of each (component, metric): what the live view shows.
+        self.latest: dict[tuple[str, str], float] = {}
         self._procs: dict[str, psutil.Process] = {}
         self._dead: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -320,6 +322,7 @@ class Sampler:
         if self.control is not None:
             rows.append((t, wall, self.name, pid, "control_lag_ms", self.control.take_max()))
         self._write(rows)
+        self.latest.update(((c, m), v) for _, _, c, _, m, v in rows)
         self.ticks += 1
         return rows
 

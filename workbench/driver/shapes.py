@@ -67,6 +67,10 @@ class LoadShape(Protocol):
 
     def wallets_needed(self) -> int: ...
 
+    def start_deadline_s(self) -> float:
+        """When the schedule starts its last flow, seconds from run start."""
+        ...
+
     def step_at(self, t: float) -> int | None:
         """The step a flow starting at `t` belongs to (steps shape), else None."""
         ...

@@ -34,6 +34,7 @@ from workbench.driver.flow import FlowSettings, Wallet, flow_context
 from workbench.driver.runner import Runner
 from workbench.driver.sampler import ControlTicker, LoopLagProbe, Sampler
 from workbench.events import Event, worker_component
+from workbench.request_log import RequestLog
 from workbench.secrets import WALLET_FILE_ENV
 from workbench.vana.target import Endpoints, Target
 
@@ -144,12 +145,13 @@ class _Outbox:
         self.worker, self.send = worker, send
         self.events: list[dict[str, Any]] = []
         self.samples: list[list[Any]] = []
+        self.requests: list[Any] = []  # rows of requests.csv
 
     def flush(self) -> None:
-        if self.events or self.samples:
+        if self.events or self.samples or self.requests:
             batch = {"w": self.worker, "kind": "batch", "events": self.events}
-            batch["samples"] = self.samples
-            self.events, self.samples = [], []
+            batch.update(samples=self.samples, requests=self.requests)
+            self.events, self.samples, self.requests = [], [], []
             self.send(batch)
 
     async def run(self) -> None:
@@ -168,6 +170,8 @@ class ShardRunner(Runner):
         super().__init__(config, target, progress=False, out=_Discard())
         self.spec, self.handle, self.endpoints, self.ipfs = spec, handle, endpoints, target.ipfs
         self.outbox = _Outbox(spec.worker, send)
+        # Its request rows go to the coordinator's requests.csv with the next batch.
+        self.requests = RequestLog(None, sink=lambda rows: self.outbox.requests.extend(rows))
         self.seq = 0
 
     def counts(self) -> dict[str, int]:
@@ -189,6 +193,7 @@ class ShardRunner(Runner):
         async with AsyncExitStack() as stack:
             flusher = asyncio.create_task(self.outbox.run(), name="shard-outbox")
             stack.callback(self.outbox.flush)  # runs last: after the flows' final events
+            stack.callback(self.requests.flush)
             stack.callback(flusher.cancel)
             ctx = await stack.enter_async_context(
                 flow_context(
@@ -200,6 +205,11 @@ class ShardRunner(Runner):
                     max_connections=self.cfg.max_connections,
                     worker=spec.worker,
                     ipfs=self.ipfs,
+                    request_log=self.requests,
+                    # The run's limit is for all its clients together: each worker takes its share.
+                    rpc_rate_limit=(
+                        self.cfg.rpc_rate_limit / spec.workers if self.cfg.rpc_rate_limit else None
+                    ),
                 )
             )
             self.outbox.send({"w": spec.worker, "kind": "ready", "pid": os.getpid()})
@@ -224,6 +234,7 @@ class ShardRunner(Runner):
             await asyncio.sleep(delay)
         # The coordinator's timeline: t_start now, so every worker's events line up.
         self.clock.origin_ns = time.perf_counter_ns() - int(t_start * 1e9)
+        self.requests.origin_ns = self.clock.origin_ns
         self.t_start = t_start
 
     def _own_sampler(self) -> Sampler:

@@ -8,7 +8,9 @@
   relayer {confirm_poll_s (0.25), fee_ttl_s (1.0), stuck_after_blocks (3), stuck_after_s (15),
            max_replacements (4)}: a tx the chain passed over for that many blocks and seconds is
            replaced, at most that many times (see `workbench.stack.relayer`),
-  rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline.
+  rpc_timeout_s (10), personal_server_timeout_s (10): every downstream call has its deadline,
+  max_calldata_bytes (131072): the largest transaction a relay may make (geth's txpool refuses
+  transactions over 128 KiB, so a bigger one could never be mined on a geth-based chain).
 Secrets (`WORKBENCH_SECRETS`): app_key (the grantee wallet), relayer_keys (list of keys).
 
 Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
@@ -22,8 +24,13 @@ Routes (shapes as Vana's app server; errors `{"success": false, "error"}`):
   POST /api/trusted-server             {"permissionId": N} -> {"success": true, "data": {"id"}}
   POST /api/trusted-server/poll        {"operationId", "chainId"}
                                        -> {"success": true, "data": {"status", "result"}}
-Status codes: 400 malformed body, foreign domain or unsupported operation; 403 signature not from expectedUserAddress;
-409 replayed/pending nonce; 422 the contract would revert otherwise; 404 unknown operation;
+A relay's validation, ABI encoding and signature recovery run in worker threads (seconds of CPU
+for a payload of thousands of entries), each once, so the event loop keeps answering.
+
+Status codes: 400 malformed body, foreign domain or unsupported operation; 403 signature not from
+expectedUserAddress; 409 replayed/pending nonce; 413 a relay too large for one transaction (judged
+before any RPC when its size or a lower bound of its gas shows it, else by the simulation), naming
+the largest field; 422 the contract would revert otherwise; 404 unknown operation;
 the personal server's own refusals (400/403/404/409/422) and a full queue (503) pass through;
 502 the personal server, the storage or the RPC failed (504 when it timed out): a downstream
 fault, not ours.
@@ -31,8 +38,10 @@ fault, not ours.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -62,13 +71,16 @@ from workbench.stack.server import (
     secrets,
 )
 from workbench.vana import chain, permission, relay
-from workbench.vana.crypto import personal_sign
+from workbench.vana.crypto import canonical_signature, personal_sign
 from workbench.vana.relay import UnifiedRequest
 from workbench.vana.retry import SERVER_CALLS, connection_lost, retrying
 
 APP_KEY = web.AppKey("api_server", object)
 DEFAULT_TIMEOUT_S = 10.0
 MAX_GRANT_UPLOAD = 256 * 1024  # /api/ipfs/upload takes grant files: a few hundred bytes each
+DEFAULT_MAX_CALLDATA = 128 * 1024
+TX_GAS, ZERO_BYTE_GAS, DATA_BYTE_GAS = 21_000, 4, 16  # intrinsic gas (EIP-2028)
+NEW_SLOT_GAS = 20_000  # an SSTORE from zero: each 32 bytes of the grant, stored in a new slot
 
 
 def operation_request_json(permission_id: int) -> str:
@@ -95,6 +107,9 @@ class ApiServer:
         )
         self.storage_url = (config.get("storage_url") or "").rstrip("/")
         self.gateway_url = (config.get("gateway_url") or f"{self.storage_url}/ipfs").rstrip("/")
+        self.max_calldata = int(config.get("max_calldata_bytes", DEFAULT_MAX_CALLDATA))
+        self.block_gas_limit = 0  # read at start
+        self.checks = ThreadPoolExecutor(2, thread_name_prefix="relay-check")
         self.session: aiohttp.ClientSession | None = None
         self.relayer: Relayer | None = None
         self.w3: AsyncWeb3 | None = None
@@ -117,6 +132,7 @@ class ApiServer:
             raise WorkbenchError(
                 "chain_id", f"rpc_url serves chain {actual}, not {self.chain_id}", "fix the config"
             )
+        self.block_gas_limit = int((await self.w3.eth.get_block("latest"))["gasLimit"])
         settings = self.config.get("relayer") or {}
         self.relayer = Relayer(
             self.w3,
@@ -137,6 +153,7 @@ class ApiServer:
             await self.session.close()
         if self.w3:
             await chain.close_web3(self.w3)
+        self.checks.shutdown(wait=False, cancel_futures=True)
 
     # --- routes
 
@@ -181,21 +198,18 @@ class ApiServer:
         """Checks and relays a signed ServerFilesAndPermission; the tx hash. `expected` (the
         user the client says signed) is optional in the unified protocol."""
         expected = None if expected is None else _address(expected, "expectedUserAddress")
-        try:
-            typed = permission.validate(typed_data)
-        except ValueError as e:
-            raise ApiError(400, f"invalid typedData: {e}") from None
-        self._check_domain(typed["domain"])
-        try:
-            signer = permission.recover(typed, signature)
-        except ValueError as e:
-            raise ApiError(400, f"invalid {e}") from None
+        loop = asyncio.get_running_loop()
+        typed, signer, struct = await loop.run_in_executor(
+            self.checks, self._check_relay, typed_data, signature
+        )
         if expected is not None and signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
         assert self.relayer is not None  # set by start(), before any request is served
         try:
-            return await self.relayer.relay(signer, permission.contract_input(typed), signature)
+            return await self.relayer.relay(signer, struct, signature)
         except RelayError as e:
+            if e.status == 413:  # the simulation ran out of gas: say which field to shrink
+                raise ApiError(413, f"{_largest_field(typed)} is too large: {e.message}") from None
             raise ApiError(e.status, e.message) from None
 
     # --- grant files: stored in the app's storage, answered as gateway URLs
@@ -233,6 +247,57 @@ class ApiServer:
         if not isinstance(cid, str) or not cid:
             raise ApiError(413 if status == 413 else 502, f"storage answered {status}")
         return f"{self.gateway_url}/{cid}"
+
+    def _check_relay(self, typed_data: Any, signature: str) -> tuple[dict, str, tuple]:
+        """(typed data, signer, contract input) of a relay, validated once; 400 for bad input,
+        413 for a payload no block could take. CPU-heavy: runs in a worker thread."""
+        try:
+            valid = permission.Validated.of(typed_data)
+        except ValueError as e:
+            raise ApiError(400, f"invalid typedData: {e}") from None
+        self._check_domain(valid.typed["domain"])
+        try:
+            canonical_signature(signature)
+        except ValueError as e:
+            raise ApiError(400, f"invalid {e}") from None
+        struct = valid.contract_input()
+        self._check_length(valid.typed, _abi_floor(struct))  # huge: refused before encoding it
+        assert self.relayer is not None  # set by start(), before any request is served
+        calldata = bytes.fromhex(self.relayer.calldata(struct, signature)[2:])
+        self._check_length(valid.typed, len(calldata))
+        self._check_gas(valid.typed, calldata)  # all before recovery, the costliest part
+        try:
+            signer = valid.recover(signature)
+        except ValueError as e:
+            raise ApiError(400, f"invalid {e}") from None
+        return valid.typed, signer, struct
+
+    def _check_length(self, typed: dict[str, Any], calldata_bytes: int) -> None:
+        """413 before any RPC for calldata (or a lower bound of it) over `max_calldata_bytes`."""
+        if calldata_bytes > self.max_calldata:
+            raise ApiError(
+                413,
+                f"{_largest_field(typed)} is too large: the transaction would carry "
+                f"{calldata_bytes:,}+ bytes of calldata, at most {self.max_calldata:,} are relayed",
+            )
+
+    def _check_gas(self, typed: dict[str, Any], calldata: bytes) -> None:
+        """413 before any RPC when a lower bound of the relay's gas (intrinsic gas plus storing
+        the grant) is over the block gas limit: no block could ever take it."""
+        zeros = calldata.count(0)
+        grant_words = (len(typed["message"]["grant"].encode()) + 31) // 32
+        floor = (
+            TX_GAS
+            + ZERO_BYTE_GAS * zeros
+            + DATA_BYTE_GAS * (len(calldata) - zeros)
+            + NEW_SLOT_GAS * grant_words
+        )
+        if floor > self.block_gas_limit:
+            raise ApiError(
+                413,
+                f"{_largest_field(typed)} is too large: the relay needs at least {floor:,} gas, "
+                f"a block holds {self.block_gas_limit:,}",
+            )
 
     def _check_domain(self, domain: dict[str, Any]) -> None:
         """The message must be for our Permissions contract on our chain, or it cannot verify."""
@@ -335,6 +400,21 @@ async def _read_limited(part: BodyPartReader) -> bytes:
         if len(data) > MAX_GRANT_UPLOAD:
             raise ApiError(413, f"upload larger than {MAX_GRANT_UPLOAD} bytes")
     return bytes(data)
+
+
+def _abi_floor(value: Any) -> int:
+    """A lower bound of `value`'s ABI encoding in bytes: a word per value, and one per array or
+    tuple (its length or offset). Cheap next to encoding a payload of 10,000 entries."""
+    if isinstance(value, list | tuple):
+        return 32 + sum(_abi_floor(v) for v in value)
+    return 32
+
+
+def _largest_field(typed: dict[str, Any]) -> str:
+    """The message field with the most data, named as the client sent it."""
+    message = typed["message"]
+    name = max(message, key=lambda k: len(json.dumps(message[k], default=str)))
+    return f"typedData.message.{name}"
 
 
 def _address(value: Any, name: str) -> str:

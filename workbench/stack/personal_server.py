@@ -20,6 +20,8 @@ Routes:
   GET  /identity?address=0x..  the server address and public key for that user
   POST /operations             {"app_signature", "operation_request_json": "{\"permission_id\": N}"}
                                -> 202 {"kind": "OperationCreated", "id", "status", ...}
+                               (app_signature canonical: low s, v 27 or 28, as the contracts
+                               require; a malleated copy is refused with 400)
   GET  /operations/{id}        {"kind": "OperationStatus", "id", "status", "result", ...}
 Gauges: submitted, queue_depth, in_flight, done (succeeded), failed, timed_out (inference over
 timeout_s), rejected (503: queue full), injected_failures, injected_timeouts, resumed and
@@ -529,8 +531,11 @@ def _permission_id(request_json: str) -> int:
 
 
 def _signer(message: str, signature: str) -> str:
+    """The app's address; 400 also for a high-s or v-not-27/28 copy, as the contracts refuse."""
     try:
         return recover_personal(message, signature)
+    except ValueError as e:
+        raise ApiError(400, f"app_signature is not a valid EIP-191 signature: {e}") from None
     except Exception:  # eth-account raises several types for malformed signatures
         raise ApiError(400, "app_signature is not a valid EIP-191 signature") from None
 

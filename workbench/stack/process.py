@@ -4,6 +4,9 @@ A stack process must not outlive its owner by more than 10 s even after `kill -9
 Two mechanisms: the kernel's PR_SET_PDEATHSIG (the child gets SIGTERM when the parent thread
 that forked it dies) and, for our Python servers, `watch_parent()`, which exits when the parent pid
 changes (covers a pool thread that forked and then ended, and non-Linux hosts).
+
+A child is reaped the moment it exits, however it died (a crash, a `kill -9` from outside): a
+daemon thread waits on it, so it never lingers as a zombie and `poll()` tells at once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +49,7 @@ def spawn(
     full_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(cmd),
             env=full_env,
             cwd=cwd,
@@ -58,6 +62,9 @@ def spawn(
     finally:
         if not isinstance(out, int):  # DEVNULL is an int; a log file is ours to close
             out.close()
+    # Popen.wait holds Popen's own lock, so `poll`, `wait` and `terminate` elsewhere stay correct.
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return proc
 
 
 def terminate(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

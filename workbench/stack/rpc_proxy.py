@@ -32,7 +32,7 @@ from aiohttp import web
 
 from workbench.errors import WorkbenchError
 from workbench.stack.faults import SECTIONS
-from workbench.stack.server import component_config, json_body, make_app, run
+from workbench.stack.server import component_config, json_body, make_app, read_body, run
 
 PROXY_KEY = web.AppKey("rpc_proxy", object)
 CONTROL_PREFIXES = ("evm_", "anvil_", "txpool_")
@@ -76,7 +76,7 @@ class RpcProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.counts["requests"] += 1
-        body = await request.read()
+        body = await read_body(request)  # any Content-Type, as nodes take; encodings decoded
         try:
             calls, batch = _parse(body)
         except ValueError as e:

@@ -26,9 +26,11 @@ from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
+from workbench.request_log import NO_LOG, RequestLog
 from workbench.vana import contracts, views
-from workbench.vana.retry import RetryPolicy, retrying
+from workbench.vana.retry import RetryPolicy, is_retry, retrying
 from workbench.vana.retry import is_transient as is_transient_http
+from workbench.vana.throttle import Throttle
 
 GAS_MARGIN = 1.2  # estimate * margin: state can change between estimate and inclusion
 _HEADERS = {"Content-Type": "application/json"}
@@ -95,6 +97,9 @@ class RpcProvider(AsyncHTTPProvider):
     connection, "limit exceeded") is retried on the next URL after a jittered backoff.
     `eth_sendRawTransaction` is re-sent only after `eth_getTransactionByHash` says the node does
     not know the tx: the same signed bytes have the same hash, so "already known" is success.
+
+    With `rate_limit` (calls/s) each URL gets a `Throttle`; with `request_log` every attempt is
+    recorded there (type `RPC`, name = method).
     """
 
     def __init__(
@@ -103,10 +108,14 @@ class RpcProvider(AsyncHTTPProvider):
         timeout_s: float,
         connections: int = 100,
         retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        request_log: RequestLog | None = None,
     ):
         self.urls = _url_list(rpc_url)
         super().__init__(self.urls[0], exception_retry_configuration=None)
         self.retry = retry or RetryPolicy()
+        self.throttles = {url: Throttle(rate_limit) for url in self.urls} if rate_limit else {}
+        self.request_log = request_log or NO_LOG
         self._turn = itertools.count()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._connections = connections
@@ -122,28 +131,37 @@ class RpcProvider(AsyncHTTPProvider):
             self._loop = loop
         return self._session
 
-    async def _post(self, url: str, request_data: bytes) -> bytes:
-        async with self._client().post(url, data=request_data, headers=_HEADERS) as r:
-            r.raise_for_status()
-            return await r.read()
+    async def _post(self, url: str, request_data: bytes, method: str) -> bytes:
+        """One attempt: the throttle's wait, then the POST, recorded in the request log."""
+        throttle = self.throttles.get(url)
+        wait_ns = await throttle.wait() if throttle is not None else 0
+        with self.request_log.timed("RPC", method, is_retry(), wait_ns) as record:
+            async with self._client().post(url, data=request_data, headers=_HEADERS) as r:
+                record.status = r.status
+                if r.status >= 400:
+                    record.error = f"HTTP {r.status}"
+                r.raise_for_status()
+                raw = await r.read()
+            record.nbytes, record.error = len(raw), _rpc_error(raw)
+            return raw
 
     async def _make_request(self, method: Any, request_data: bytes) -> bytes:
         if method == SEND_METHOD:
             return await self._send(request_data)
         if not str(method).startswith(READ_PREFIXES) or method in NOT_READS:
-            return await self._post(self.urls[0], request_data)  # not ours to repeat
+            return await self._post(self.urls[0], request_data, str(method))  # not ours to repeat
         return await self._read(str(method), request_data)
 
     async def make_batch_request(self, batch_requests: list[tuple[Any, Any]]) -> Any:
         """Through our session too (web3's would take the path above); never retried."""
-        raw = await self._post(self.urls[0], self.encode_batch_rpc_request(batch_requests))
+        raw = await self._post(self.urls[0], self.encode_batch_rpc_request(batch_requests), "batch")
         return self.decode_rpc_response(raw)
 
     async def _read(self, method: str, request_data: bytes) -> bytes:
         first = next(self._turn)  # spreads reads over the URLs; a retry takes the next one
 
         async def attempt(n: int) -> bytes:
-            return _unless_throttled(await self._post(self._url(first + n), request_data))
+            return _unless_throttled(await self._post(self._url(first + n), request_data, method))
 
         return await self._retried(method, attempt, is_transient)
 
@@ -155,7 +173,7 @@ class RpcProvider(AsyncHTTPProvider):
         async def attempt(n: int) -> bytes:
             if n and tx_hash and await self._known(tx_hash):
                 return _result(request_data, tx_hash)
-            raw = _unless_throttled(await self._post(self._url(n), request_data))
+            raw = _unless_throttled(await self._post(self._url(n), request_data, SEND_METHOD))
             if n and any(s in raw.lower() for s in ALREADY_KNOWN):
                 return _result(request_data, tx_hash)  # our earlier try got through after all
             return raw
@@ -209,6 +227,19 @@ def _url_list(rpc_url: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def _rpc_error(raw: bytes) -> str:
+    """`RPC <code>` for a JSON-RPC error answer, else "" (the body is parsed only if it has one)."""
+    if b'"error"' not in raw:
+        return ""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):  # a batch or garbage: not one call's error
+        return ""
+    if error is None:
+        return ""
+    return f"RPC {error.get('code', '?')}" if isinstance(error, dict) else "RPC ?"
+
+
 def _unless_throttled(raw: bytes) -> bytes:
     if b"error" in raw and str(THROTTLED_CODE).encode() in raw:
         try:
@@ -245,11 +276,14 @@ def make_web3(
     timeout_s: float = 30.0,
     connections: int = 100,
     retry: RetryPolicy | None = None,
+    rate_limit: float | None = None,
+    request_log: RequestLog | None = None,
 ) -> AsyncWeb3:
     """An AsyncWeb3 over one or several RPC URLs (a list, or one string with commas) whose every
-    request attempt gives up after `timeout_s`; reads are retried per `retry` (close with
+    request attempt gives up after `timeout_s`; reads are retried per `retry`; at most
+    `rate_limit` calls/s go to each URL; attempts are recorded in `request_log` (close with
     `close_web3`)."""
-    return AsyncWeb3(RpcProvider(rpc_url, timeout_s, connections, retry))
+    return AsyncWeb3(RpcProvider(rpc_url, timeout_s, connections, retry, rate_limit, request_log))
 
 
 async def close_web3(w3: AsyncWeb3) -> None:

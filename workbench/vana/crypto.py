@@ -16,6 +16,7 @@ import bz2
 import hashlib
 import hmac
 import os
+import re
 import struct
 import time
 import zlib
@@ -45,6 +46,8 @@ _TAG_PKESK, _TAG_SKESK, _TAG_COMPRESSED, _TAG_MARKER = 1, 3, 8, 10
 _TAG_LITERAL, _TAG_SEIPD, _TAG_MDC = 11, 18, 19
 _MDC_HEADER = bytes([0xC0 | _TAG_MDC, 20])
 _HASH_CHUNK = 64 * 1024  # hashlib drops the GIL for buffers over 2 KiB; bigger = fewer calls
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+_SIGNATURE_HEX = re.compile(r"0x[0-9a-fA-F]{130}")
 
 
 class DecryptionError(ValueError):
@@ -77,11 +80,28 @@ def personal_sign(private_key: str, text: str) -> str:
 
 
 def recover_personal(text: str, signature: str) -> str:
-    """Checksum address that produced `signature` over `text` (EIP-191); ValueError if bad."""
+    """Checksum address that produced `signature` over `text` (EIP-191); ValueError if bad or
+    not canonical (see `canonical_signature`)."""
+    raw = canonical_signature(signature)
     try:
-        return Account.recover_message(encode_defunct(text=text), signature=signature)
+        return Account.recover_message(encode_defunct(text=text), signature=raw)
     except BadSignature as e:
         raise ValueError(f"signature: {e}") from e
+
+
+def canonical_signature(signature: str) -> bytes:
+    """The 65 bytes of `signature` (0x hex) if the contracts would accept them: s in the lower
+    half of the curve order and v 27 or 28 (OpenZeppelin's ECDSA rules). A high-s copy of a
+    valid signature recovers the same signer, so without this check one signature has two
+    encodings; v 0/1 is a second spelling too. ValueError names the problem."""
+    if not isinstance(signature, str) or not _SIGNATURE_HEX.fullmatch(signature):
+        raise ValueError("signature: expected 65 bytes as 0x-prefixed hex")
+    raw = bytes.fromhex(signature[2:])
+    if int.from_bytes(raw[32:64], "big") > _SECP256K1_HALF_N:
+        raise ValueError("signature: s is in the upper half of the curve order (malleable)")
+    if raw[64] not in (27, 28):
+        raise ValueError(f"signature: v is {raw[64]}, not 27 or 28")
+    return raw
 
 
 def encryption_key(private_key: str) -> str:

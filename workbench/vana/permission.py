@@ -4,18 +4,23 @@ Typed data here is viem-shaped (`{domain, types, primaryType, message}`) and JSO
 same dict is signed, sent over HTTP and checked by the server. `validate` is the one gate for
 typed data from outside: it accepts what JS clients send (uint256 as int or decimal string,
 addresses in any case, `types` with or without `EIP712Domain`) and answers the canonical form,
-or raises `ValueError` naming the offending field.
+or raises `ValueError` naming the offending field. `Validated` keeps that answer, so a server
+checks a (possibly huge) payload once and then recovers and encodes it without checking again.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_keys.exceptions import BadSignature
 from eth_utils import is_checksum_address, keccak, to_checksum_address
+
+from workbench.vana.crypto import canonical_signature
 
 DOMAIN_NAME = "VanaDataPortabilityPermissions"
 DOMAIN_VERSION = "1"
@@ -44,7 +49,6 @@ _STRUCTS: dict[str, tuple[tuple[str, str], ...]] = {
 _UINT256_MAX = 2**256 - 1
 _DECIMAL = re.compile(r"[0-9]{1,78}")  # ASCII only: int() would also take other scripts' digits
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 
 
 def types() -> dict[str, list[dict[str, str]]]:
@@ -91,30 +95,49 @@ def sign(private_key: str, typed: dict[str, Any]) -> str:
 
 
 def recover(typed: dict[str, Any], signature: str) -> str:
-    """Checksum address of the signer; `ValueError` for a malformed signature."""
-    if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
-        raise ValueError("signature: expected 65 bytes as 0x-prefixed hex")
-    try:
-        return Account.recover_message(_signable(typed), signature=signature)
-    except BadSignature as e:
-        raise ValueError(f"signature: {e}") from e
+    """Checksum address of the signer; `ValueError` for a malformed or non-canonical signature
+    (high s, v not 27/28: the contract refuses those)."""
+    return Validated.of(typed).recover(signature)
 
 
 def contract_input(typed: dict[str, Any]) -> tuple:
     """The struct argument of `addServerFilesAndPermissions(input, signature)`."""
-    m = validate(typed)["message"]
-    permissions = [[(p["account"], p["key"]) for p in file] for file in m["filePermissions"]]
-    return (
-        m["nonce"],
-        m["granteeId"],
-        m["grant"],
-        m["fileUrls"],
-        m["schemaIds"],
-        m["serverAddress"],
-        m["serverUrl"],
-        m["serverPublicKey"],
-        permissions,
-    )
+    return Validated.of(typed).contract_input()
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Typed data checked once (`of`); its methods trust it instead of checking it again, which
+    for a payload of thousands of entries is most of the cost."""
+
+    typed: dict[str, Any]
+
+    @classmethod
+    def of(cls, typed: Any) -> Validated:
+        return cls(validate(typed))
+
+    def recover(self, signature: str) -> str:
+        raw = canonical_signature(signature)
+        signable = encode_typed_data(full_message=self.typed)
+        try:
+            return Account.recover_message(signable, signature=raw)
+        except BadSignature as e:
+            raise ValueError(f"signature: {e}") from e
+
+    def contract_input(self) -> tuple:
+        m = self.typed["message"]
+        permissions = [[(p["account"], p["key"]) for p in file] for file in m["filePermissions"]]
+        return (
+            m["nonce"],
+            m["granteeId"],
+            m["grant"],
+            m["fileUrls"],
+            m["schemaIds"],
+            m["serverAddress"],
+            m["serverUrl"],
+            m["serverPublicKey"],
+            permissions,
+        )
 
 
 def _signable(typed: dict[str, Any]) -> SignableMessage:
@@ -179,9 +202,19 @@ def _uint256(path: str, value: Any) -> int:
 def _address(path: str, value: Any) -> str:
     if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
         raise ValueError(f"{path}: expected a 0x-prefixed 20-byte hex address")
+    checksummed = _checksummed(value)
+    if checksummed is None:
+        raise ValueError(f"{path}: bad EIP-55 checksum")
+    return checksummed
+
+
+@lru_cache(maxsize=4096)
+def _checksummed(value: str) -> str | None:
+    """The EIP-55 form, or None for a mixed-case spelling that is not it. Cached: one payload
+    may repeat an address thousands of times, and each check hashes."""
     mixed_case = value[2:] not in (value[2:].lower(), value[2:].upper())
     if mixed_case and not is_checksum_address(value):
-        raise ValueError(f"{path}: bad EIP-55 checksum")
+        return None
     return to_checksum_address(value)
 
 

@@ -17,6 +17,7 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,6 +27,9 @@ T = TypeVar("T")
 # Answers that say "try later": timeout, too early, throttled, server errors and overload.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_DOUBLINGS = 32  # keeps base * 2**n a finite float; any real cap is reached long before
+# Set while `retrying` makes a repeat attempt, at any nesting depth (a flow's reconnect around its
+# retries): what the request log records as a retry. Per task, so concurrent flows never mix.
+_REPEATING: ContextVar[bool] = ContextVar("repeating", default=False)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ def is_transient(error: BaseException, statuses: frozenset[int] = RETRY_STATUSES
     return isinstance(error, transport)
 
 
+def is_retry() -> bool:
+    """Whether the request being made repeats a failed attempt of an enclosing `retrying`."""
+    return _REPEATING.get()
+
+
 def never_sent(error: BaseException) -> bool:
     """The connection was refused or never made: the request did not reach the server, so
     even a request that is not idempotent (a relay, a paid inference) may be sent again."""
@@ -109,10 +118,12 @@ async def retrying(
     """Awaits `call(attempt)` (attempt 0, 1, …) until it returns.
 
     A failure `retryable` accepts is tried again after `policy.delay` while `policy.allows`;
-    `on_retry(attempt, error)` hears of each retry first. Any other failure, and the last one,
-    propagates unchanged, so callers classify errors as they would without retries."""
+    `on_retry(attempt, error)` hears of each retry first, and `is_retry()` is True during it.
+    Any other failure, and the last one, propagates unchanged, so callers classify errors as
+    they would without retries."""
     started = time.monotonic()
     for attempt in itertools.count():
+        repeat = _REPEATING.set(True) if attempt else None
         try:
             return await call(attempt)
         except Exception as e:
@@ -121,4 +132,7 @@ async def retrying(
             if on_retry is not None:
                 on_retry(attempt, e)
             await asyncio.sleep(policy.delay(attempt, rng))
+        finally:
+            if repeat is not None:
+                _REPEATING.reset(repeat)
     raise AssertionError("unreachable")

@@ -78,6 +78,9 @@ async def test_a_burst_on_two_workers_streams_every_event_into_one_run(tmp_path,
     assert sorted(m["worker"] for m in marks) == [0, 1]
     assert all(abs(m["clock_offset_s"]) < 1 for m in marks)  # one machine: one clock
 
+    requests = (outcome.results_dir / "requests.csv").read_text().splitlines()
+    assert len(requests) > 200 * 10  # the workers' request rows reach the one requests.csv
+
     summary = json.loads((outcome.results_dir / "summary.json").read_text())
     assert summary["workers"] == 2 and summary["flows_ok"] == 200
     assert {"worker0", "worker1"} <= set(summary["resources"])

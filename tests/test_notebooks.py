@@ -54,7 +54,10 @@ def test_run_notebook_five_users_fast_writes_a_judged_results_dir(tmp_path):
     assert summary["users"] == 5 and summary["flows_total"] == 5
     assert summary["flows_ok"] == 5, summary["error_classes"]
     assert summary["verdict"] in ("PASSED", "FAILED")
-    assert {r["status"] for r in summary["criteria"]} <= {"TARGET", "ACCEPTABLE", "FAIL", "N/A"}
+    # WARN: the driver's self-check row, present when it was saturated (a busy machine).
+    statuses = {"TARGET", "ACCEPTABLE", "FAIL", "N/A", "WARN"}
+    assert {r["status"] for r in summary["criteria"]} <= statuses
+    assert summary["driver_saturated"] in (True, False)
     flows = [json.loads(line) for line in (results / "events.jsonl").read_text().splitlines()]
     assert sum(e["kind"] == "flow" for e in flows) == 5
     html = (results / "report.html").read_text()

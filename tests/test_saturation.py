@@ -70,6 +70,14 @@ def test_a_busy_loop_thread_and_a_crypto_queue_each_saturate():
     assert queued["saturated"] and "10.0% of their time queued" in queued["reasons"][0]
 
 
+def test_short_crypto_waits_do_not_count_however_large_their_share():
+    flows = pd.DataFrame({"flow_id": range(5), "duration_s": [0.3] * 5})
+    steps = pd.DataFrame({"flow_id": range(5), "step": ["encrypt"] * 5, "queued_s": [0.05] * 5})
+    judged = saturation.judge(flows, steps, samples())  # 17% of the time, but 50 ms waits
+    assert judged["saturated"] is False
+    assert judged["processes"]["driver"]["crypto_queue_share"] == pytest.approx(0.05 / 0.3)
+
+
 def test_workers_are_judged_each_on_their_own_evidence():
     flows0, steps0 = flows_and_steps(worker=0)
     flows1, steps1 = flows_and_steps(worker=1)

@@ -61,7 +61,6 @@ from workbench.stack.relayer import (
 )
 from workbench.stack.server import (
     ApiError,
-    component_config,
     field,
     int_field,
     json_body,
@@ -468,9 +467,8 @@ def build_app(config: dict[str, Any], app_key: str, relayer_keys: list[str]) -> 
 
 
 def main() -> None:
-    config = component_config()
     app_key, relayer_keys = _secrets(secrets())
-    run(build_app(config, app_key, relayer_keys), int(config.get("port", 0)))
+    run(lambda config: build_app(config, app_key, relayer_keys))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ from workbench.stack.inference import Backend, FaultyBackend, InferenceError, ma
 from workbench.stack.operations import OperationStore, StoredOperation
 from workbench.stack.server import (
     ApiError,
-    component_config,
     int_field,
     json_body,
     make_app,
@@ -583,8 +582,8 @@ def server_seed(values: dict[str, Any]) -> bytes:
 
 
 def main() -> None:
-    config = component_config()
-    run(build_app(config, server_seed(secrets())), int(config.get("port", 0)))
+    seed = server_seed(secrets())
+    run(lambda config: build_app(config, seed))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from workbench.errors import WorkbenchError
 from workbench.stack.faults import SECTIONS
-from workbench.stack.server import component_config, json_body, make_app, read_body, run
+from workbench.stack.server import json_body, make_app, read_body, run
 
 PROXY_KEY = web.AppKey("rpc_proxy", object)
 CONTROL_PREFIXES = ("evm_", "anvil_", "txpool_")
@@ -200,10 +200,5 @@ def build_app(config: dict[str, Any]) -> web.Application:
     return app
 
 
-def main() -> None:
-    config = component_config()
-    run(build_app(config), int(config.get("port", 0)))
-
-
 if __name__ == "__main__":
-    main()
+    run(build_app)

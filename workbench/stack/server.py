@@ -481,10 +481,11 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
     return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
-def run(app: web.Application, port: int = 0) -> None:
-    """Entry point of a component's `__main__`: logging to stderr, serve, exit 0 on a signal.
-    The component config's `read_timeout_s`, `request_timeout_s` and `idle_timeout_s`
-    override the defaults in `TIMEOUTS`."""
+def run(build_app: Callable[[dict[str, Any]], web.Application]) -> None:
+    """Entry point of a component's `__main__`: logging to stderr, the app built from the
+    component config, served on its `port` (0: any free one), exit 0 on a signal. The config's
+    `read_timeout_s`, `request_timeout_s` and `idle_timeout_s` override the defaults in
+    `TIMEOUTS`."""
     logging.basicConfig(
         level=os.environ.get("WORKBENCH_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -493,4 +494,4 @@ def run(app: web.Application, port: int = 0) -> None:
     redact_logs()  # log lines and tracebacks never carry the keys in WORKBENCH_SECRETS
     config = component_config()
     timeouts = {k: float(config.get(k, v)) for k, v in TIMEOUTS.items()}
-    asyncio.run(serve(app, HOST, port, timeouts))
+    asyncio.run(serve(build_app(config), HOST, int(config.get("port", 0)), timeouts))

@@ -47,7 +47,6 @@ from aiohttp import BodyPartReader, hdrs, web
 from workbench.errors import WorkbenchError
 from workbench.stack.server import (
     ApiError,
-    component_config,
     expect_content,
     make_app,
     query_arg,
@@ -375,10 +374,5 @@ def build_app(config: dict) -> web.Application:
     return app
 
 
-def main() -> None:
-    config = component_config()
-    run(build_app(config), int(config.get("port", 0)))
-
-
 if __name__ == "__main__":
-    main()
+    run(build_app)

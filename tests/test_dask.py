@@ -5,9 +5,11 @@ killed with SIGKILL mid-run. Nothing here asserts on elapsed time (see benchmark
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
+import re
 import signal
 from collections import Counter
 
@@ -15,6 +17,7 @@ import psutil
 import pytest
 from test_events import schema_problems
 
+from workbench.driver import wallets
 from workbench.driver.cluster import Coordinator
 from workbench.driver.config import RunConfig
 from workbench.driver.runner import run
@@ -50,7 +53,32 @@ async def test_a_local_cluster_listens_on_loopback_only(tmp_path):
         assert len(coordinator.workers) == 2
 
 
-async def test_a_burst_on_two_workers_streams_every_event_into_one_run(tmp_path, wallet_file):
+def spy_on_shard_specs(monkeypatch) -> list:
+    """Records what the coordinator hands Dask for each shard (what its dashboard could show)."""
+    seen: list = []
+    original = Coordinator._submit
+
+    def spy(self, runner, target, ws):
+        submit = self.client.submit
+
+        def record(fn, *args, **kwargs):
+            seen.append(args)
+            return submit(fn, *args, **kwargs)
+
+        self.client.submit = record
+        try:
+            original(self, runner, target, ws)
+        finally:
+            del self.client.submit
+
+    monkeypatch.setattr(Coordinator, "_submit", spy)
+    return seen
+
+
+async def test_a_burst_on_two_workers_streams_every_event_into_one_run(
+    tmp_path, wallet_file, monkeypatch
+):
+    specs = spy_on_shard_specs(monkeypatch)
     config = RunConfig.from_params(
         users=200,
         profile="fast",
@@ -90,6 +118,14 @@ async def test_a_burst_on_two_workers_streams_every_event_into_one_run(tmp_path,
     assert "wb-workers" in html and "worker1" in html
     config_json = json.loads((outcome.results_dir / "config.json").read_text())
     assert config_json["workers"] == 2 and config_json["dask"]["local"] is True
+
+    # Keys reach the workers through the 0600 wallet file only, never in a task's arguments.
+    handed = json.dumps([dataclasses.asdict(args[0]) for args in specs])
+    held = wallets.load(wallet_file)
+    assert len(specs) == 2 and str(wallet_file) in handed
+    assert not any(key[2:] in handed for key in held.private_keys())
+    assert held.mnemonic not in handed
+    assert not re.search(r"[0-9a-fA-F]{64}", handed)
 
 
 async def _kill_worker_after(results_dir, worker: int, flows_done: int) -> int:
@@ -149,3 +185,34 @@ async def test_a_worker_killed_mid_run_leaves_every_flow_exactly_one_outcome(tmp
     summary = json.loads((outcome.results_dir / "summary.json").read_text())
     assert summary["error_classes"].get("driver") == len(driver_failures)
     assert summary["worker_stats"]["worker1"]["lost"] is True
+
+
+async def test_a_run_joins_an_existing_cluster_by_its_scheduler_address(tmp_path, wallet_file):
+    """`scheduler=tcp://...` uses a cluster started elsewhere (here: by the test, on loopback);
+    `workers=0` takes all of its workers."""
+    from distributed import LocalCluster
+
+    async with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        asynchronous=True,
+    ) as cluster:
+        config = RunConfig.from_params(
+            users=10,
+            profile="fast",
+            shape="burst",
+            ramp_s=0,
+            data_size="small",
+            scheduler=cluster.scheduler_address,
+            output_dir=str(tmp_path),
+        )
+        outcome = await run(config, progress=False, report=False, out=io.StringIO())
+    events = read_events(outcome.results_dir / "events.jsonl")
+    flows = [e for e in events if e["kind"] == "flow"]
+    assert len(flows) == 10 and all(f["ok"] for f in flows)
+    assert {f["worker"] for f in flows} == {0, 1}
+    config_json = json.loads((outcome.results_dir / "config.json").read_text())
+    assert config_json["scheduler"] == cluster.scheduler_address
+    assert config_json["dask"]["local"] is False

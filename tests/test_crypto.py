@@ -321,6 +321,18 @@ def test_decrypt_file_damaged_input_raises_only_decryption_error(cut, flips):
         pass
 
 
+def test_a_message_in_the_clear_is_not_decrypted_as_is():
+    # Hypothesis found it: one flipped bit turns the SKESK header into an empty literal packet,
+    # which pysequoia "decrypts" to b"". Data in the clear must never pass for decrypted data.
+    damaged = bytearray(_BLOB)
+    damaged[0] ^= 108  # 0xC3 (new-format SKESK) -> 0xAF (old-format literal data)
+    with pytest.raises(DecryptionError, match="not an encrypted"):
+        crypto.decrypt_file(bytes(damaged[:11]), "pw")
+    literal = bytes([0xCB, 8]) + b"b\x00\x00\x00\x00\x00hi"  # a literal packet, no encryption
+    with pytest.raises(DecryptionError, match="not an encrypted"):
+        crypto.decrypt_file(literal, "pw")
+
+
 @given(text=st.text(max_size=300) | st.binary(max_size=200).map(bytes.hex))
 def test_ecies_decrypt_garbage_raises_only_decryption_error(text):
     with pytest.raises(DecryptionError):

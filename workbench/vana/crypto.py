@@ -44,6 +44,8 @@ _AES256, _SHA256 = 9, 8
 _S2K_ITERATED, _S2K_COUNT_BYTE = 3, 0xE0  # OpenPGP.js 6 default: 16 MiB hashed
 _TAG_PKESK, _TAG_SKESK, _TAG_COMPRESSED, _TAG_MARKER = 1, 3, 8, 10
 _TAG_LITERAL, _TAG_SEIPD, _TAG_MDC = 11, 18, 19
+# Packets of a message sent in the clear (signature, one-pass signature, compressed, literal).
+_PLAIN_TAGS = (2, 4, _TAG_COMPRESSED, _TAG_LITERAL)
 _MDC_HEADER = bytes([0xC0 | _TAG_MDC, 20])
 _HASH_CHUNK = 64 * 1024  # hashlib drops the GIL for buffers over 2 KiB; bigger = fewer calls
 _SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
@@ -244,6 +246,8 @@ def _decrypt_v4(blob: bytes, password: bytes) -> bytes:
         elif tag == _TAG_SEIPD:
             seipd = body
             break
+        elif tag in _PLAIN_TAGS:  # data in the clear: pysequoia would "decrypt" it as is
+            raise DecryptionError(f"not an encrypted OpenPGP message (packet tag {tag} first)")
         elif tag not in (_TAG_PKESK, _TAG_MARKER):
             raise _Unsupported(f"packet tag {tag}")
     if seipd is None or not skesks:

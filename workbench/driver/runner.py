@@ -146,17 +146,21 @@ class Runner:
             self.outcome.reason = reason
         return self.outcome
 
-    async def _drive_here(
-        self, stack: AsyncExitStack, target: Target, ws: wallets.WalletSet
-    ) -> None:
-        """Runs every flow in this process, on this event loop."""
-        settings = FlowSettings.from_profile(
+    def _flow_settings(self) -> FlowSettings:
+        """The flows' timing: the profile's, the client preset's, then the run's overrides."""
+        return FlowSettings.from_profile(
             self.profile,
             client=self.cfg.client,
             relay=self.cfg.relay,
             flow_timeout_s=self.cfg.flow_timeout_s,
             prompt=self.cfg.inference_prompt,
         )
+
+    async def _drive_here(
+        self, stack: AsyncExitStack, target: Target, ws: wallets.WalletSet
+    ) -> None:
+        """Runs every flow in this process, on this event loop."""
+        settings = self._flow_settings()
         ctx = await stack.enter_async_context(
             flow_context(
                 target.endpoints,

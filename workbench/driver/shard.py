@@ -30,7 +30,7 @@ from distributed import get_worker
 
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
-from workbench.driver.flow import FlowSettings, Wallet, flow_context
+from workbench.driver.flow import Wallet, flow_context
 from workbench.driver.runner import Runner
 from workbench.driver.sampler import ControlTicker, LoopLagProbe, Sampler
 from workbench.events import Event, worker_component
@@ -183,13 +183,7 @@ class ShardRunner(Runner):
         for wallet in ws.wallets:
             if wallet is not None:
                 self.free.put_nowait(wallet)  # the open model's pool: this worker's wallets
-        settings = FlowSettings.from_profile(
-            self.profile,
-            client=self.cfg.client,
-            relay=self.cfg.relay,
-            flow_timeout_s=self.cfg.flow_timeout_s,
-            prompt=self.cfg.inference_prompt,
-        )
+        settings = self._flow_settings()
         async with AsyncExitStack() as stack:
             flusher = asyncio.create_task(self.outbox.run(), name="shard-outbox")
             stack.callback(self.outbox.flush)  # runs last: after the flows' final events

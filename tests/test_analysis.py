@@ -309,6 +309,19 @@ def test_resources_peaks_averages_and_pids_adding_up():
     assert stats.resources(_samples([])).empty
 
 
+def test_memory_trends_judge_every_process_apart():
+    # The driver flat, the personal server leaking 2 MB/min, storage sampled too briefly.
+    rows = [(float(s), "driver", 1, "rss_mb", 100.0) for s in range(0, 120, 2)]
+    rows += [(float(s), "personal", 2, "rss_mb", 50 + 2 * s / 60) for s in range(0, 120, 2)]
+    rows += [(float(s), "storage", 3, "rss_mb", 40.0) for s in range(0, 10, 2)]
+    rows += [(float(s), "system", 0, "cpu_pct", 5.0) for s in range(0, 120, 2)]
+    trends = stats.memory_trends(_samples(rows))
+    assert list(trends) == ["driver", "storage", "personal"]  # the report's component order
+    assert trends["driver"]["slope_mb_per_min"] == pytest.approx(0.0, abs=1e-9)
+    assert trends["personal"]["slope_mb_per_min"] == pytest.approx(2.0, rel=1e-6)
+    assert trends["storage"] is None
+
+
 def test_memory_trend_recovers_a_planted_slope(tmp_path):
     loaded = results.load_results(
         write_results_dir(tmp_path / "r", n_flows=60, rss_slope_mb_per_min=3.0, seed=2)

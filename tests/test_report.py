@@ -100,6 +100,8 @@ def test_content_follows_the_milestone(rendered):
     for row in summary["criteria"]:
         assert row["label"] in html
     assert 'class="wb-fail"' in html and 'class="wb-target"' in html  # colour-coded rows
+    driver_slope = summary["memory_trends"]["driver"]["slope_mb_per_min"]
+    assert "RSS trend MB/min" in html and f"{driver_slope:+.2f}" in html  # every process's slope
     headings = re.findall(r"<h2 id=\"([^\"]+)\"", html)
     assert headings[:3] == ["Run-output", "Criteria", "Latency"]
     assert headings.index("Errors") < headings.index("Faults-injected")

@@ -147,9 +147,16 @@ def resources_table_html(summary: Mapping[str, Any]) -> str:
     cols: tuple[str, ...] = ("avg_cpu_pct", "peak_cpu_pct", "avg_rss_mb", "peak_rss_mb")
     cols += ("peak_open_files",)
     cols += ("peak_connections", "peak_threads")
-    rows = [[comp, *(vals.get(c) for c in cols)] for comp, vals in res.items()]
+    trends = summary.get("memory_trends") or {}
+
+    def slope(comp: str) -> Any:  # "n/a": too short a steady span to judge a trend
+        trend = trends.get(comp)
+        return f"{trend['slope_mb_per_min']:+.2f}" if trend else ("n/a" if comp in trends else "")
+
+    rows = [[comp, *(vals.get(c) for c in cols), slope(comp)] for comp, vals in res.items()]
     headers: tuple[str, ...] = ("Component", "CPU % avg", "CPU % peak", "RSS MB avg")
     headers += ("RSS MB peak", "Open files peak", "Sockets peak", "Threads peak")
+    headers += ("RSS trend MB/min",)
     return _table(headers, rows)
 
 

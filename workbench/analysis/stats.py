@@ -290,6 +290,17 @@ def workbench_cpu(samples_df: pd.DataFrame, cpu_count: int) -> dict[str, float |
     return {"avg": float(per_tick.mean()), "peak": float(per_tick.max())}
 
 
+def memory_trends(samples_df: pd.DataFrame) -> dict[str, dict[str, Any] | None]:
+    """`memory_trend` of every process sampled (driver, workers, each stack component), by
+    component; None where its steady span is too short to judge."""
+    if samples_df.empty:
+        return {}
+    rss = samples_df[samples_df["metric"] == "rss_mb"]
+    present = set(rss["component"].dropna().astype(str)) - {"system"}
+    order = [c for c in COMPONENT_ORDER if c in present] + sorted(present - set(COMPONENT_ORDER))
+    return {c: memory_trend(samples_df, c) for c in order}
+
+
 def memory_trend(
     samples_df: pd.DataFrame,
     component: str = "driver",

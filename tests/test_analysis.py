@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
@@ -14,6 +15,7 @@ from synthetic import write_results_dir
 
 from workbench.analysis import histograms, results, stats, summary
 from workbench.errors import WorkbenchError
+from workbench.steps import step_component
 
 
 def _flows(rows: list[tuple[float, float, str]], **extra) -> pd.DataFrame:
@@ -307,6 +309,24 @@ def test_resources_peaks_averages_and_pids_adding_up():
     assert r.loc["system", "avg_cpu_pct"] == 60
     assert np.isnan(r.loc["system", "peak_rss_mb"])
     assert stats.resources(_samples([])).empty
+
+
+def test_saturated_first_names_the_step_whose_latency_grew_most(tmp_path):
+    # Synthetic steps take fixed shares of a flow (inference_poll the largest), and flows slow
+    # down past 8 users: inference_poll grows most, so the personal server is named.
+    staged = results.load_results(write_results_dir(tmp_path / "s", stages=[2, 4, 8, 12, 16]))
+    first = stats.saturated_first(staged, stats.capacity_curve(staged))
+    assert first is not None
+    assert (first["step"], first["component"]) == (
+        "inference_poll",
+        step_component("inference_poll"),
+    )
+    assert (first["users_first"], first["users_last"]) == (2, 16)
+    assert first["p50_last_s"] > 2 * first["p50_first_s"]
+    weights = synthetic.STEP_WEIGHTS
+    assert first["growth_share"] == pytest.approx(weights[-1] / weights.sum(), rel=1e-6)
+    flat = results.load_results(write_results_dir(tmp_path / "f", n_flows=20))
+    assert stats.saturated_first(flat, stats.capacity_curve(flat)) is None
 
 
 def test_memory_trends_judge_every_process_apart():

@@ -232,6 +232,8 @@ def build_notebook(
     cells.append(_html(html.step_table_html(summary)))
     cells += _figure_cells(by_name, "timeline", "## Concurrency and throughput")
     cells += _figure_cells(by_name, "capacity_curve", "## Capacity")
+    if summary.get("saturated_first"):
+        cells.append(_md(_saturated_first_markdown(summary)))
     cells += _figure_cells(by_name, "resources", "## Resources")
     cells.append(_html(html.resources_table_html(summary)))
     if summary.get("worker_stats"):
@@ -271,6 +273,23 @@ def _figure_cells(by_name: Mapping[str, Path], name: str, heading: str) -> list:
     caption = FIGURE_CAPTIONS.get(name, name)
     output = new_output("display_data", data={"image/png": png, "text/plain": caption})
     return [_md(f"{heading}\n\n{caption}"), new_code_cell(source="", outputs=[output])]
+
+
+def _saturated_first_markdown(s: Mapping[str, Any]) -> str:
+    """Which component the capacity curve's extra latency points at, with its CPU as evidence."""
+    first = s["saturated_first"]
+    cpu = ", ".join(
+        f"{comp} {vals['avg_cpu_pct']:.0f}% avg / {vals['peak_cpu_pct']:.0f}% peak"
+        for comp, vals in (s.get("resources") or {}).items()
+        if vals.get("avg_cpu_pct") is not None and vals.get("peak_cpu_pct") is not None
+    )
+    return (
+        f"**Saturated first: {first['component']}.** From {first['users_first']} to "
+        f"{first['users_last']} users the `{first['step']}` step's median grew from "
+        f"{first['p50_first_s']:.2f} s to {first['p50_last_s']:.2f} s"
+        + (f", {share:.0%} of all the steps' growth" if (share := first["growth_share"]) else "")
+        + f". CPU (% of one core): {cpu}."
+    )
 
 
 def _incomplete_note(s: Mapping[str, Any]) -> str:

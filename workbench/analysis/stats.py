@@ -37,7 +37,13 @@ import pandas as pd
 from scipy import stats
 
 from workbench.analysis.results import COMPONENT_ORDER, Results
-from workbench.steps import API_STEPS, BY_STEP_CLASSES, UPLOAD_STEPS, in_flow_order
+from workbench.steps import (
+    API_STEPS,
+    BY_STEP_CLASSES,
+    UPLOAD_STEPS,
+    in_flow_order,
+    step_component,
+)
 
 API_DOWN = "api"  # a connection the API server's port refused or reset, at any step
 MIN_TREND_SPAN_S = 30.0  # shortest steady span whose RSS slope means anything
@@ -401,6 +407,37 @@ def capacity_curve(results: Results | pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=cols)
+
+
+def saturated_first(results: Results, curve: pd.DataFrame) -> dict[str, Any] | None:
+    """Where a capacity curve's extra latency went: the step whose median (ok attempts) grew
+    most from the first stage to the last, and the component serving it, with the figures that
+    show it. None without two stages or without ok steps in both."""
+    if len(curve) < 2 or results.steps.empty or "stage" not in results.flows:
+        return None
+    stage_of = results.flows.dropna(subset=["stage"]).set_index("flow_id")["stage"]
+    steps = results.steps[results.steps["ok"]].copy()
+    steps["stage"] = steps["flow_id"].map(stage_of)
+    first, last = curve.iloc[0], curve.iloc[-1]
+    medians = steps.groupby(["stage", "step"])["duration_s"].median()
+    growth = {
+        step: medians[(last["stage"], step)] - medians[(first["stage"], step)]
+        for step in in_flow_order(steps["step"].dropna().unique())
+        if (first["stage"], step) in medians and (last["stage"], step) in medians
+    }
+    if not growth:
+        return None
+    step = max(growth, key=lambda s: growth[s])
+    total = sum(g for g in growth.values() if g > 0)
+    return {
+        "step": step,
+        "component": step_component(step),
+        "users_first": int(first["users"]),
+        "users_last": int(last["users"]),
+        "p50_first_s": float(medians[(first["stage"], step)]),
+        "p50_last_s": float(medians[(last["stage"], step)]),
+        "growth_share": float(growth[step] / total) if total > 0 else None,
+    }
 
 
 def knee(curve: pd.DataFrame, gain_frac: float = 0.5, p95_factor: float = 2.0) -> int | None:

@@ -34,6 +34,7 @@ from workbench.analysis.stats import (
     memory_trends,
     network,
     resources,
+    saturated_first,
     step_breakdown,
     success_rates,
     workbench_cpu,
@@ -124,6 +125,7 @@ def summarize(
     if not curve.empty:
         s["capacity"] = curve.to_dict(orient="records")
         s["knee_users"] = knee(curve)
+        s["saturated_first"] = saturated_first(results, curve)
     s = _json_safe(s)
     rows = crit.evaluate(criteria, s)
     if judged["saturated"]:  # a warning row: it does not change the verdict

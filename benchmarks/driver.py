@@ -174,6 +174,24 @@ class ControlTicker:
         return json.loads(out)
 
 
+def _config(
+    prefix: str, users: int, shape: str, ramp_s: float, data_size: str, **more
+) -> RunConfig:
+    """A `fast` run writing to a fresh temp dir, with its own wallet file there."""
+    out_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["WORKBENCH_WALLET_FILE"] = str(out_dir / "wallets.json")
+    return RunConfig.from_params(
+        users=users,
+        profile="fast",
+        shape=shape,
+        ramp_s=ramp_s,
+        data_size=data_size,
+        output_dir=str(out_dir),
+        seed=0,
+        **more,
+    )
+
+
 def _loop_profiler():
     """`BENCH_CPROFILE=path`: cProfile of the event-loop thread during the flows phase (for
     finding hot spots; it inflates the CPU figures, so never quote a profiled run)."""
@@ -246,17 +264,7 @@ def measure_one(
                     "control_lag_ms": control,
                 }
 
-    out_dir = Path(tempfile.mkdtemp(prefix="bench-driver-"))
-    os.environ["WORKBENCH_WALLET_FILE"] = str(out_dir / "wallets.json")
-    config = RunConfig.from_params(
-        users=users,
-        profile="fast",
-        shape=shape,
-        ramp_s=ramp_s,
-        data_size=data_size,
-        output_dir=str(out_dir),
-        seed=0,
-    )
+    config = _config("bench-driver-", users, shape, ramp_s, data_size)
     runner = MeasuredRunner(config, progress=True, out=sys.stderr)
     outcome = asyncio.run(runner.execute())
     b = runner.bench
@@ -277,7 +285,7 @@ def measure_one(
     lag = b["lag"]
     sampled = _sampled(outcome.results_dir).get("driver", {})
     if not keep:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(config.output_dir, ignore_errors=True)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "users": users,
@@ -345,7 +353,6 @@ def measure_workers(users: int, workers: int, shape: str, ramp_s: float, data_si
     import psutil
 
     from workbench.driver.cluster import Coordinator
-    from workbench.driver.config import RunConfig
     from workbench.driver.runner import Runner
     from workbench.events import read_events
 
@@ -383,23 +390,12 @@ def measure_workers(users: int, workers: int, shape: str, ramp_s: float, data_si
                 MeasuredCoordinator(self.cfg, self.console.say)
             )
 
-    out_dir = Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    os.environ["WORKBENCH_WALLET_FILE"] = str(out_dir / "wallets.json")
-    config = RunConfig.from_params(
-        users=users,
-        profile="fast",
-        shape=shape,
-        ramp_s=ramp_s,
-        data_size=data_size,
-        output_dir=str(out_dir),
-        workers=workers,
-        seed=0,
-    )
+    config = _config("bench-workers-", users, shape, ramp_s, data_size, workers=workers)
     outcome = asyncio.run(MeasuredRunner(config, progress=True, out=sys.stderr).execute())
     flows = [e for e in read_events(outcome.results_dir / "events.jsonl") if e["kind"] == "flow"]
     n = max(1, len(flows))
     sampled = _sampled(outcome.results_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(config.output_dir, ignore_errors=True)
     cpu = [v for v in bench["workers_cpu_s"].values() if v is not None]
     rss = [p["peak_rss_mb"] for p in sampled.values() if p["peak_rss_mb"]]
     return {

@@ -198,14 +198,14 @@ class ApiServer:
         user the client says signed) is optional in the unified protocol."""
         expected = None if expected is None else _address(expected, "expectedUserAddress")
         loop = asyncio.get_running_loop()
-        typed, signer, struct = await loop.run_in_executor(
+        typed, signer, struct, data = await loop.run_in_executor(
             self.checks, self._check_relay, typed_data, signature
         )
         if expected is not None and signer != expected:
             raise ApiError(403, f"signature is by {signer}, not expectedUserAddress {expected}")
         assert self.relayer is not None  # set by start(), before any request is served
         try:
-            return await self.relayer.relay(signer, struct, signature)
+            return await self.relayer.relay(signer, struct, signature, data)
         except RelayError as e:
             if e.status == 413:  # the simulation ran out of gas: say which field to shrink
                 raise ApiError(413, f"{_largest_field(typed)} is too large: {e.message}") from None
@@ -247,9 +247,10 @@ class ApiServer:
             raise ApiError(413 if status == 413 else 502, f"storage answered {status}")
         return f"{self.gateway_url}/{cid}"
 
-    def _check_relay(self, typed_data: Any, signature: str) -> tuple[dict, str, tuple]:
-        """(typed data, signer, contract input) of a relay, validated once; 400 for bad input,
-        413 for a payload no block could take. CPU-heavy: runs in a worker thread."""
+    def _check_relay(self, typed_data: Any, signature: str) -> tuple[dict, str, tuple, str]:
+        """(typed data, signer, contract input, calldata) of a relay, validated and encoded
+        once; 400 for bad input, 413 for a payload no block could take. CPU-heavy: runs in a
+        worker thread."""
         try:
             valid = permission.Validated.of(typed_data)
         except ValueError as e:
@@ -262,14 +263,15 @@ class ApiServer:
         struct = valid.contract_input()
         self._check_length(valid.typed, _abi_floor(struct))  # huge: refused before encoding it
         assert self.relayer is not None  # set by start(), before any request is served
-        calldata = bytes.fromhex(self.relayer.calldata(struct, signature)[2:])
+        data = self.relayer.calldata(struct, signature)
+        calldata = bytes.fromhex(data[2:])
         self._check_length(valid.typed, len(calldata))
         self._check_gas(valid.typed, calldata)  # all before recovery, the costliest part
         try:
             signer = valid.recover(signature)
         except ValueError as e:
             raise ApiError(400, f"invalid {e}") from None
-        return valid.typed, signer, struct
+        return valid.typed, signer, struct, data
 
     def _check_length(self, typed: dict[str, Any], calldata_bytes: int) -> None:
         """413 before any RPC for calldata (or a lower bound of it) over `max_calldata_bytes`."""

@@ -203,14 +203,18 @@ class Relayer:
 
     # --- relaying
 
-    async def relay(self, user: str, contract_input: tuple, signature: str) -> str:
-        """Simulates, then sends `addServerFilesAndPermissions`; returns the tx hash.
+    async def relay(
+        self, user: str, contract_input: tuple, signature: str, data: str | None = None
+    ) -> str:
+        """Simulates, then sends `addServerFilesAndPermissions`; returns the tx hash. `data` is
+        its calldata when the caller encoded it already (`calldata`), else it is encoded here.
 
         Raises RelayError (see its statuses). The simulation runs first so a replay is told
         by the contract's own reason; then the same (user, nonce) is refused while a tx carrying
         it is pending (a simulation cannot see that one), as only one of them could succeed.
         """
-        data = await asyncio.to_thread(self.calldata, contract_input, signature)
+        if data is None:
+            data = await asyncio.to_thread(self.calldata, contract_input, signature)
         call = {"to": self.contract.address, "data": data}
         gas, fees = await asyncio.gather(self._simulate(call), self._fee_quote())
         key = (user.lower(), int(contract_input[0]))

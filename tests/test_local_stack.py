@@ -103,6 +103,30 @@ def test_stack_up_and_down_leaves_no_process():
     assert not workdir.exists()  # a temp workdir goes with the stack
 
 
+def test_sub_second_blocks_run_from_the_start_and_resume_after_a_stall():
+    # fast's 0.25 s blocks: anvil's RPC only takes whole seconds, so they are a start flag.
+    assert load_profile("fast")["chain"]["block_time_s"] < 1
+    profile = load_profile("fast")
+    profile["relayer"]["accounts"] = 1
+    with LocalStack(profile) as stack:
+        url = stack.endpoints.rpc_url
+
+        async def blocks_in(seconds: float) -> int:
+            first = int(await anvil.rpc(url, "eth_blockNumber"), 16)
+            await asyncio.sleep(seconds)
+            return int(await anvil.rpc(url, "eth_blockNumber"), 16) - first
+
+        async def check() -> None:
+            assert await anvil.rpc(url, "anvil_getAutomine") is False
+            assert await blocks_in(1.5) >= 3  # empty blocks, mined on the interval
+            await stack.stall_chain()
+            assert await blocks_in(1.0) == 0
+            await stack.resume_chain()  # as whole seconds: 1 s blocks
+            assert await blocks_in(2.5) >= 1
+
+        asyncio.run(check())
+
+
 def test_a_failed_start_leaves_no_process_and_keeps_the_logs():
     before = descendants()
     with socket.socket() as taken:  # the API server cannot bind this port

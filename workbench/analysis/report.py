@@ -146,7 +146,7 @@ def simulated_notes(config: Mapping[str, Any]) -> list[str]:
     if config.get("target_kind") == "local":
         chain = settings.get("chain") or {}
         block = chain.get("block_time_s")
-        mining = "automine" if block == 0 else f"{block} s blocks" if block else "anvil defaults"
+        mining = "automine" if block == 0 else f"{block:g} s blocks" if block else "anvil defaults"
         notes.append(
             f"The chain is a local anvil node ({mining}) with the workbench's own contracts; "
             "storage, API server and personal server are the embedded local stack."

@@ -77,11 +77,17 @@ def anvil_binary() -> Path:
 
 
 def start_anvil(
-    port: int, log_path: Path | None = None, accounts: int = 20, gas_limit: int | None = None
+    port: int,
+    log_path: Path | None = None,
+    accounts: int = 20,
+    gas_limit: int | None = None,
+    block_time_s: float = 0,
 ) -> subprocess.Popen:
-    """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic, mining each tx on arrival.
+    """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic.
 
-    `gas_limit` per block defaults to anvil's 30 M, room for about 25 permissions per block.
+    It mines each tx on arrival unless `block_time_s` > 0 sets interval mining from the first
+    block (the only way to get sub-second blocks: anvil's RPC takes whole seconds).
+    `gas_limit` per block defaults to anvil's 30 M, room for about 30 permissions per block.
     """
     cmd = [
         str(anvil_binary()),
@@ -98,6 +104,8 @@ def start_anvil(
     ]
     if gas_limit is not None:
         cmd += ["--gas-limit", str(gas_limit)]
+    if block_time_s > 0:
+        cmd += ["--block-time", str(block_time_s)]
     return spawn(cmd, log_path=log_path)
 
 

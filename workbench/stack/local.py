@@ -204,9 +204,8 @@ class LocalStack:
                 self._api_secrets(),
             ),
         )
-        block_time = float(self.profile["chain"].get("block_time_s") or 0)
-        if block_time > 0:  # after deployment, which automine makes instant
-            await anvil.set_block_time(anvil_url, block_time)
+        if self._block_time_s >= 1:  # after deployment, which automine makes instant
+            await anvil.set_block_time(anvil_url, self._block_time_s)
         self.endpoints = Endpoints(
             rpc_url=rpc_url,
             api_url=self._urls["api"],
@@ -220,7 +219,13 @@ class LocalStack:
     async def _chain(self, rpc_url: str) -> dict[str, str]:
         port = int(rpc_url.rsplit(":", 1)[1])
         log_path = self.logs_dir / "anvil.log"
-        proc = await self._spawn("anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS))
+        # Sub-second blocks can only be set at start (anvil's RPC takes whole seconds); slower
+        # ones start after the deployment, which automine makes instant.
+        subsecond = self._block_time_s if self._block_time_s < 1 else 0
+        proc = await self._spawn(
+            "anvil",
+            lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS, block_time_s=subsecond),
+        )
         await anvil.wait_ready(rpc_url, timeout_s=ANVIL_READY_S, proc=proc)
         app_key = anvil.dev_key(1)
         deploy = deploy_at_sdk_addresses if self.vana_addresses else deploy_all
@@ -310,7 +315,7 @@ class LocalStack:
         self, rpc_url: str, personal_url: str, storage_url: str, contracts: dict[str, str]
     ) -> dict[str, Any]:
         overrides = dict(self.profile.get("api") or {})  # optional: timeouts, relayer polling
-        block_time = float(self.profile["chain"].get("block_time_s") or 0)
+        block_time = self._block_time_s
         # Stuck = passed over by three blocks (the relayer's default), and no sooner than three
         # block times (with automine a few seconds) after its last send.
         relayer = {"stuck_after_s": 3 * block_time if block_time > 0 else AUTOMINE_STUCK_AFTER_S}
@@ -374,9 +379,14 @@ class LocalStack:
         await anvil.rpc(self._anvil_url(), "evm_setIntervalMining", [0])
 
     async def resume_chain(self) -> None:
-        """The profile's mining mode again (automine mines the whole waiting pool at once)."""
-        block_time = float(self.profile["chain"].get("block_time_s") or 0)
-        await anvil.set_block_time(self._anvil_url(), block_time)
+        """The profile's mining mode again (automine mines the whole waiting pool at once).
+        Sub-second blocks resume as 1 s blocks: anvil's RPC takes whole seconds."""
+        await anvil.set_block_time(self._anvil_url(), self._block_time_s)
+
+    @property
+    def _block_time_s(self) -> float:
+        """The profile's block time; 0 = automine."""
+        return float(self.profile["chain"].get("block_time_s") or 0)
 
     async def set_rpc_faults(self, armed: bool) -> dict[str, Any]:
         """Arms or disarms the RPC proxy; returns its gauges ({} without a proxy)."""

@@ -1,6 +1,7 @@
 """Scale-out on Dask: the real Runner with `workers=2` (a LocalCluster of two worker processes)
-on the embedded `fast` stack. Bounded: a 200-user burst, and a 40-user hold whose worker 1 is
-killed with SIGKILL mid-run. Nothing here asserts on elapsed time (see benchmarks/driver.py)."""
+on the embedded `fast` stack. Bounded: a 200-user burst, and a 40-user ramp and a 20-user hold
+whose worker 1 is killed with SIGKILL mid-run. Nothing here asserts on elapsed time (see
+benchmarks/driver.py)."""
 
 from __future__ import annotations
 
@@ -147,43 +148,95 @@ async def _kill_worker_after(results_dir, worker: int, flows_done: int) -> int:
             return pids[0]
 
 
-async def test_a_worker_killed_mid_run_leaves_every_flow_exactly_one_outcome(tmp_path, wallet_file):
-    config = RunConfig.from_params(
-        users=40,
-        profile="fast",
-        shape="hold",
-        ramp_s=2,
-        duration_s=15,
-        data_size="small",
-        workers=2,
-        output_dir=str(tmp_path),
-    )
-    killer = asyncio.create_task(_kill_worker_after(config.results_dir(), 1, 10))
-    outcome = await run(config, progress=False, out=io.StringIO())
-    assert killer.done()
-
-    events = read_events(outcome.results_dir / "events.jsonl")
+def lost_worker_checks(events: list[dict]) -> dict:
+    """What holds for any run whose worker 1 was killed: every flow that started has exactly
+    one outcome, its flows in flight failed (class `driver`), nothing of it came after its loss,
+    and the run went on. Returns the `worker_lost` mark."""
     started = {e["flow_id"] for e in events if e["kind"] == "step"}
     counts = outcomes(events)
     assert started <= set(counts)  # every flow that ran a step has an outcome ...
-    assert set(counts.values()) == {1}  # ... and exactly one
+    assert set(counts.values()) == {1}  # ... and exactly one: no flow id twice
     assert [p for e in events for p in schema_problems(e)] == []
     lost = [e for e in events if e["kind"] == "run" and e["event"] == "worker_lost"]
     assert [m["worker"] for m in lost] == [1]
     driver_failures = [
         e for e in events if e["kind"] == "flow" and e.get("error_class") == "driver"
     ]
-    assert len(driver_failures) == lost[0]["lost_flows"] >= 1
+    assert len(driver_failures) == lost[0]["lost_flows"]
     assert all(e["worker"] == 1 and e["status"] == "failed" for e in driver_failures)
     after = [e for e in events if e["kind"] == "flow" and e["worker"] == 1]
     assert max(e["t"] for e in after) <= lost[0]["t"]  # nothing of worker 1 after its loss
     end = [e for e in events if e["kind"] == "run" and e["event"] == "end"][0]
-    assert end["reason"] == "completed"  # the run went on with worker 0 ...
-    late = [e for e in events if e["kind"] == "flow" and e["worker"] == 0 and e["t"] > lost[0]["t"]]
-    assert late and all(e["ok"] for e in late)  # ... which kept finishing flows
+    assert end["reason"] == "completed"  # the run went on with worker 0
+    return lost[0]
+
+
+async def test_a_worker_killed_mid_ramp_hands_its_unstarted_users_to_the_survivor(
+    tmp_path, wallet_file
+):
+    """Worker 1 dies while users are still arriving: its flows in flight fail (never re-run),
+    its users not yet started run on worker 0 at their planned times, and the run has exactly
+    the flows the shape planned."""
+    config = RunConfig.from_params(
+        users=40,
+        profile="fast",
+        shape="staggered",
+        ramp_s=6,
+        data_size="small",
+        workers=2,
+        output_dir=str(tmp_path),
+    )
+    killer = asyncio.create_task(_kill_worker_after(config.results_dir(), 1, 3))
+    out = io.StringIO()
+    outcome = await run(config, progress=False, report=False, out=out)
+    assert killer.done()
+
+    events = read_events(outcome.results_dir / "events.jsonl")
+    lost = lost_worker_checks(events)
+    flows = [e for e in events if e["kind"] == "flow"]
+    assert len(flows) == 40  # the shape's plan: one flow per user ...
+    assert sorted(f["user"] for f in flows) == list(range(40))  # ... none twice, none missing
+    moved = [f for f in flows if f["user"] % 2 == 1 and f["worker"] == 0]
+    assert len(moved) == lost["moved_arrivals"] >= 1 and lost["moved_to"] == [0]
+    assert all(f["ok"] for f in moved)  # the moved arrivals completed on worker 0
+    assert all(f["flow_id"] % 2 == 0 for f in moved)  # under worker 0's flow ids
+    t0 = [e for e in events if e["kind"] == "run" and e["event"] == "start"][0]["t"]
+    assert all(f["t"] >= t0 + f["user"] * 6 / 40 - 0.05 for f in moved)  # not before planned
+    assert f"{len(moved)} arrivals moved to workers 0" in out.getvalue()
+
+
+async def test_a_worker_killed_mid_hold_has_its_users_loop_on_in_the_survivor(
+    tmp_path, wallet_file
+):
+    """Hold: the lost worker's users, whose loops had all started, go on looping on worker 0
+    until the hold's end, and the run still ends completed with one outcome per flow."""
+    config = RunConfig.from_params(
+        users=20,
+        profile="fast",
+        shape="hold",
+        ramp_s=1,
+        duration_s=8,
+        data_size="small",
+        workers=2,
+        output_dir=str(tmp_path),
+    )
+    killer = asyncio.create_task(_kill_worker_after(config.results_dir(), 1, 5))
+    outcome = await run(config, progress=False, out=io.StringIO())
+    assert killer.done()
+
+    events = read_events(outcome.results_dir / "events.jsonl")
+    lost = lost_worker_checks(events)
+    assert lost["lost_flows"] >= 1  # every user loops: some were in flight
+    flows = [e for e in events if e["kind"] == "flow"]
+    on_survivor = [f for f in flows if f["user"] % 2 == 1 and f["worker"] == 0]
+    assert len({f["user"] for f in on_survivor}) == lost["moved_arrivals"] >= 1
+    assert all(f["t"] >= lost["t"] for f in on_survivor)  # they moved at the loss
+    assert all(f["ok"] for f in on_survivor)
+    late = [f for f in flows if f["worker"] == 0 and f["t"] > lost["t"]]
+    assert late and all(f["ok"] for f in late)
 
     summary = json.loads((outcome.results_dir / "summary.json").read_text())
-    assert summary["error_classes"].get("driver") == len(driver_failures)
+    assert summary["error_classes"].get("driver") == lost["lost_flows"]
     assert summary["worker_stats"]["worker1"]["lost"] is True
 
 

@@ -126,6 +126,8 @@ class RunMark(TypedDict):
     clock_offset_s: NotRequired[float]  # worker: its wall clock minus the coordinator's
     clock_error_s: NotRequired[float]  # worker: half the round trip that measured the offset
     lost_flows: NotRequired[int]  # worker_lost: its in-flight flows, recorded as failed
+    moved_arrivals: NotRequired[int]  # worker_lost: its arrivals not yet started, run elsewhere
+    moved_to: NotRequired[list[int]]  # worker_lost: the workers they moved to
 
 
 class FaultEvent(TypedDict):

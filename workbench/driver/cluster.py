@@ -19,7 +19,10 @@ moves it (a lost worker's flows are never re-run). The run:
    to samples.csv; percentiles later come from all raw events together;
 4. a worker that leaves (Dask's `remove-worker`) before its shard ended: each of its flows in
    flight gets one `failed` outcome of class `driver`, written here; anything it sends later is
-   dropped, so no flow has two outcomes; the run goes on with the others.
+   dropped, so no flow has two outcomes; the run goes on with the others, which take over the
+   lost shard's arrivals not yet started (`_lose`);
+5. a shard that ran all its work reports `idle`; once every live one has, having taken every
+   move sent to it, the coordinator releases them all (`shard.release_shard`) and they end.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, LocalCluster
 
 from workbench.analysis import console
-from workbench.driver import shard
+from workbench.driver import shapes, shard
 from workbench.driver.config import RunConfig
 from workbench.driver.shapes import SIZE_BYTES, data_size_for
 from workbench.errors import WorkbenchError
@@ -81,6 +84,8 @@ class _Worker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # lost, or its shard ended
     lost: bool = False
+    moves: int = 0  # moves sent to it (counted when sent)
+    idle_moves: int = -1  # the moves its last `idle` report had taken; -1: not idle
 
 
 class Coordinator:
@@ -95,6 +100,12 @@ class Coordinator:
         self.finished: set[int] = set()  # flow ids with an outcome written
         self.topic = f"workbench-{config.run_id}"
         self.runner: Runner | None = None
+        self.shape = shapes.shape_from_config(config)
+        self.started: set[int] = set()  # arrivals (schedule indices) with a `_started` received
+        self.owner: dict[int, int] = {}  # arrivals moved: to which worker
+        self.pools: dict[int, set[int]] = {}  # open model: wallets a worker took over
+        self.handovers: set[asyncio.Task] = set()
+        self.released = False
 
     # ---- cluster ---------------------------------------------------------------------------
 
@@ -187,6 +198,8 @@ class Coordinator:
             await stack.enter_async_context(runner._live_view())
             await self._until_done()
         finally:
+            if self.handovers:  # so a loss's worker_lost mark is written
+                await asyncio.wait(self.handovers, timeout=CANCEL_GRACE_S)
             await self._stop_shards()
             for topic in (self.topic, "all"):
                 with contextlib.suppress(Exception):
@@ -343,6 +356,10 @@ class Coordinator:
             w.pid = message.get("pid")
             w.ready.set()
             return
+        if message.get("kind") == "idle":
+            w.idle_moves = int(message.get("moves", -1))
+            self._release_when_idle()
+            return
         for record in message.get("events") or ():
             self._record(w, record)
         rows = message.get("samples") or []
@@ -356,6 +373,8 @@ class Coordinator:
         assert self.runner is not None
         kind, flow_id = event.get("kind"), int(event.get("flow_id", -1))
         if kind == "_started":
+            w.idle_moves = -1
+            self.started.add(int(event.get("launch", -1)))
             self.inflight[flow_id] = _InFlight(
                 w.index, flow_id, event["user"], event["address"], event["t"]
             )
@@ -398,7 +417,18 @@ class Coordinator:
     # ---- a lost worker ---------------------------------------------------------------------
 
     def _lose(self, w: _Worker) -> None:
-        """Records the lost worker's flows in flight as failed (class `driver`), once."""
+        """Records the lost worker's flows in flight as failed (class `driver`), once, and hands
+        its arrivals not yet started to the workers still running.
+
+        What started is what the coordinator heard: an arrival started when its `_started`
+        notice arrived here before the worker's `remove-worker` (the scheduler relays a
+        worker's messages in order, so every notice that left the worker comes first). Such a
+        flow is in flight (failed, `driver`) or has its outcome; it is never re-run. An arrival
+        whose notice never left the dead process is moved: its attempt there left no event,
+        and, its notice being sent before the flow's first request, it reached no server
+        either. The moved arrival runs under a flow id of its new worker (ids are interleaved by
+        worker), so no flow id appears twice. A repeating user (hold, steps) whose loop had
+        started moves too while its deadline is ahead: its next flow starts at once."""
         assert self.runner is not None
         w.lost = True
         lost = [f for f in self.inflight.values() if f.worker == w.index]
@@ -406,21 +436,111 @@ class Coordinator:
         for flow in lost:
             self._close_flow(flow, "failed", "driver", why)
         now = self.runner.clock.now()
-        self.runner._emit(
-            run_mark(
-                "worker_lost",
-                now,
-                str(self.cfg.run_id),
-                worker=w.index,
-                address=w.address,
-                lost_flows=len(lost),
-            )
-        )
         if self.runner.sampler is not None:
             row = (now, time.time(), worker_component(w.index), w.pid or "", "alive", 0.0)
             self.runner.sampler.write_rows([row])
-        self.say(f"⚠️  Dask worker {w.index} lost: {len(lost)} flows in flight recorded as failed")
         w.gone.set()
+        arrivals = [] if self.released else self._unstarted(w)
+        survivors = [s for s in self.workers if not s.gone.is_set()]
+        plan = self._split(w, arrivals, {f.user for f in lost}, survivors)
+        for s, _ in plan:
+            s.moves += 1  # before the move is sent: no release while it is under way
+        task = asyncio.create_task(self._hand_over(w, now, len(lost), len(arrivals), plan))
+        self.handovers.add(task)
+        task.add_done_callback(self.handovers.discard)
+
+    def _unstarted(self, w: _Worker) -> list[shard.Arrival]:
+        """The lost worker's arrivals to move (see `_lose`), at their planned times."""
+        assert self.runner is not None
+        n, since = len(self.workers), self.runner.clock.now() - self.runner.t_start
+        out = []
+        for i, la in enumerate(self.shape.launches()):
+            if self.owner.get(i, shard.launch_owner(i, la, n)) != w.index:
+                continue
+            if i in self.started and (la.repeat_until_s is None or since >= la.repeat_until_s):
+                continue
+            out.append(shard.Arrival(la.at_s, la.user, la.repeat_until_s, la.step, la.level, i))
+        return out
+
+    def _split(
+        self, w: _Worker, arrivals: list[shard.Arrival], busy: set[int], to: list[_Worker]
+    ) -> list[tuple[_Worker, shard.Move]]:
+        """Arrivals round-robin over the survivors; for open-model arrivals, the lost worker's
+        wallets with no flow in flight there too (a wallet's flows never overlap)."""
+        if not arrivals or not to:
+            return []
+        wallets: list[int] = []
+        if any(a.user is None for a in arrivals):
+            pool = self.pools.pop(w.index, set()) | set(
+                range(w.index, self.cfg.users, len(self.workers))
+            )
+            wallets = sorted(pool - busy)
+        plan = []
+        for k, s in enumerate(to):
+            mine = tuple(arrivals[k :: len(to)])
+            if not mine:
+                continue
+            given = tuple(wallets[k :: len(to)])
+            self.pools.setdefault(s.index, set()).update(given)
+            for a in mine:
+                self.owner[a.index] = s.index
+            plan.append((s, shard.Move(mine, given)))
+        return plan
+
+    async def _hand_over(
+        self,
+        w: _Worker,
+        t: float,
+        lost_flows: int,
+        unstarted: int,
+        plan: list[tuple[_Worker, shard.Move]],
+    ) -> None:
+        """Sends the moves, then records the loss: what failed and what moved where."""
+        landed = await asyncio.gather(*(self._give(s, move) for s, move in plan))
+        moved = {
+            s.index: len(move.arrivals) for (s, move), ok in zip(plan, landed, strict=True) if ok
+        }
+        assert self.runner is not None
+        self.runner._emit(
+            run_mark(
+                "worker_lost",
+                t,
+                str(self.cfg.run_id),
+                worker=w.index,
+                address=w.address,
+                lost_flows=lost_flows,
+                moved_arrivals=sum(moved.values()),
+                moved_to=sorted(moved),
+            )
+        )
+        self.say(_lost_line(w.index, lost_flows, unstarted, sorted(moved), sum(moved.values())))
+        self._release_when_idle()
+
+    async def _give(self, s: _Worker, move: shard.Move) -> bool:
+        """One move to one survivor. A failed one stays owned by it: if that worker is being
+        lost, its own loss moves the arrivals on."""
+        try:
+            answer = await self.client.run(
+                shard.take_over, str(self.cfg.run_id), move, workers=[s.address]
+            )
+        except Exception:
+            return False
+        return bool(answer.get(s.address))
+
+    def _release_when_idle(self) -> None:
+        """Ends the shards once every live one is idle with every move sent to it taken."""
+        live = [w for w in self.workers if not w.gone.is_set()]
+        if self.released or not live or any(w.idle_moves != w.moves for w in live):
+            return
+        self.released = True
+        release = self.client.run(
+            shard.release_shard,
+            str(self.cfg.run_id),
+            workers=[w.address for w in live],
+            on_error="ignore",  # a worker lost meanwhile ends by its loss
+        )
+        task = asyncio.ensure_future(release)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def _close_flow(self, flow: _InFlight, status: Any, error_class: str, error: str) -> None:
         """Writes the one outcome of a flow its worker never finished."""
@@ -454,6 +574,15 @@ class Coordinator:
         self.runner.outcome.flows += 1
         self.runner.console.flow_done(event)
         self.runner._emit(event)
+
+
+def _lost_line(worker: int, lost_flows: int, unstarted: int, to: list[int], moved: int) -> str:
+    line = f"⚠️  Dask worker {worker} lost: {lost_flows} flows in flight recorded as failed"
+    if moved:
+        line += f"; {moved} arrivals moved to workers {', '.join(map(str, to))}"
+    if unstarted > moved:
+        line += f"; {unstarted - moved} arrivals not started had no worker to go to: not run"
+    return line
 
 
 def _next_step(last: str | None) -> str:

@@ -12,6 +12,12 @@ The shard reports `ready` once its wallets, clients and sampler are up, then wai
 coordinator's `start_shard` (the agreed start, in this worker's wall clock) so every worker
 starts together; `cancel_shard` ends it early (its in-flight flows end as cancelled).
 Keys: read here from the 0600 wallet file (`wallets.load_share`); the spec holds no secret.
+
+A lost worker's work goes on here: `take_over` hands this shard a `Move` (the lost shard's
+arrivals not yet started, by their index in the schedule). So the shard does not end with its
+own launches: it reports `idle` (with how many moves it took) and runs until `release_shard`.
+Each flow's `_started` notice names its arrival and is sent at once (next loop turn), before the
+flow's first request, so the coordinator knows what started when a worker dies.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,7 @@ from distributed import get_worker
 
 from workbench.driver import shapes, wallets
 from workbench.driver.config import RunConfig
-from workbench.driver.flow import Wallet, flow_context
+from workbench.driver.flow import FlowContext, Wallet, flow_context
 from workbench.driver.runner import Runner
 from workbench.driver.sampler import ControlTicker, LoopLagProbe, Sampler
 from workbench.events import Event, worker_component
@@ -57,6 +64,24 @@ class ShardSpec:
     topic: str  # the Dask event topic the coordinator listens on
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival(shapes.Launch):
+    """A launch with its index in the run's schedule: how the coordinator names what started."""
+
+    index: int = -1
+
+
+@dataclass(frozen=True)
+class Move:
+    """A lost worker's work for this one: no key (the wallets load here, as the shard's own)."""
+
+    arrivals: tuple[Arrival, ...]  # not yet started there, at their planned times
+    wallets: tuple[int, ...] = ()  # open model: the lost worker's idle wallets, for the pool
+
+
+_ARRIVAL: ContextVar[int] = ContextVar("workbench_arrival", default=-1)  # the flow's arrival
+
+
 def launch_owner(index: int, launch: shapes.Launch, workers: int) -> int:
     """The worker that runs a launch: by user (a user's wallet stays on one worker), else by
     launch order (open-model arrivals)."""
@@ -70,9 +95,31 @@ class _Handle:
     loop: asyncio.AbstractEventLoop
     go: asyncio.Future = field(init=False)
     task: asyncio.Task | None = None
+    moves: list[Move] = field(default_factory=list)  # received before the shard could take them
+    take: Callable[[Move], None] | None = None  # set once the shard drives
+    taken: int = 0  # moves received: the count an `idle` report confirms
+    released: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a move or the release came
 
     def __post_init__(self) -> None:
         self.go = self.loop.create_future()
+
+    def receive(self, move: Move) -> None:
+        self.taken += 1
+        if self.take is None:
+            self.moves.append(move)
+        else:
+            self.take(move)
+        self.wake.set()
+
+    def serve(self, take: Callable[[Move], None]) -> None:
+        self.take = take
+        while self.moves:
+            take(self.moves.pop(0))
+
+    def release(self) -> None:
+        self.released = True
+        self.wake.set()
 
 
 _SHARDS: dict[str, _Handle] = {}  # run_id -> the shard this worker process runs
@@ -121,6 +168,25 @@ def cancel_shard(run_id: str) -> bool:
     return True
 
 
+def take_over(run_id: str, move: Move) -> bool:
+    """Run by the coordinator on a surviving worker: runs a lost worker's unstarted arrivals.
+    False when this worker runs no shard of the run (it is ending), so the move did not land."""
+    handle = _SHARDS.get(run_id)
+    if handle is None or handle.released:
+        return False
+    handle.loop.call_soon_threadsafe(handle.receive, move)
+    return True
+
+
+def release_shard(run_id: str) -> bool:
+    """Run by the coordinator once every shard is idle: no more moves can come, so they end."""
+    handle = _SHARDS.get(run_id)
+    if handle is None:
+        return False
+    handle.loop.call_soon_threadsafe(handle.release)
+    return True
+
+
 def worker_clock() -> tuple[float, int]:
     """This worker's wall clock and pid (the coordinator measures the offset around it)."""
     return time.time(), os.getpid()
@@ -146,8 +212,16 @@ class _Outbox:
         self.events: list[dict[str, Any]] = []
         self.samples: list[list[Any]] = []
         self.requests: list[Any] = []  # rows of requests.csv
+        self.soon = False
+
+    def flush_soon(self) -> None:
+        """Flushes on the next loop turn: one message for every notice of this turn."""
+        if not self.soon:
+            self.soon = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        self.soon = False
         if self.events or self.samples or self.requests:
             batch = {"w": self.worker, "kind": "batch", "events": self.events}
             batch.update(samples=self.samples, requests=self.requests)
@@ -218,8 +292,55 @@ class ShardRunner(Runner):
     def _share(self) -> wallets.WalletSet:
         """This worker's wallets: users u with u % workers == worker (see `launch_owner`)."""
         spec, users = self.spec, self.cfg.users
-        path = Path(os.environ.get(WALLET_FILE_ENV) or spec.wallet_file)
-        return wallets.load_share(path, users, range(spec.worker, users, spec.workers))
+        return wallets.load_share(
+            self._wallet_file(), users, range(spec.worker, users, spec.workers)
+        )
+
+    def _wallet_file(self) -> Path:
+        return Path(os.environ.get(WALLET_FILE_ENV) or self.spec.wallet_file)
+
+    async def _drive(self, ctx: FlowContext, ws: wallets.WalletSet) -> None:
+        """Its own launches and any moved to it; then idle until released (more may come)."""
+        self.handle.serve(lambda move: self._spawn(self._take(ctx, ws, move)))
+        await super()._drive(ctx, ws)  # moves received meanwhile are among its tasks
+        while True:
+            await self._settle()
+            if self.handle.released:
+                return
+            self.handle.wake.clear()
+            self.outbox.flush()  # its last outcomes reach the coordinator before the report
+            self.outbox.send({"w": self.spec.worker, "kind": "idle", "moves": self.handle.taken})
+            await self.handle.wake.wait()
+
+    async def _settle(self) -> None:
+        """Until every flow task ended; a task's exception (a driver bug) ends the shard."""
+        while self.tasks:
+            done = await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            bugs = [e for e in done if isinstance(e, Exception)]
+            if bugs:
+                raise bugs[0]
+
+    async def _take(self, ctx: FlowContext, ws: wallets.WalletSet, move: Move) -> None:
+        """Runs a lost worker's arrivals here, each at its planned time (late ones at once)."""
+        users = {a.user for a in move.arrivals if a.user is not None} | set(move.wallets)
+        missing = sorted(u for u in users if ws.wallets[u] is None)
+        if missing:  # ~1.3 ms of key derivation each: off the flows' loop
+            share = await asyncio.to_thread(
+                wallets.load_share, self._wallet_file(), self.cfg.users, missing
+            )
+            for u in missing:
+                ws.wallets[u] = share.wallets[u]
+        for u in move.wallets:
+            self.free.put_nowait(ws.wallets[u])
+        for arrival in sorted(move.arrivals, key=lambda a: a.at_s):
+            delay = arrival.at_s - self._since_start()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._spawn(self._user(ctx, ws, arrival))
+
+    async def _user(self, ctx: FlowContext, ws: wallets.WalletSet, launch: Any) -> None:
+        _ARRIVAL.set(getattr(launch, "index", -1))  # this task's flows name their arrival
+        await super()._user(ctx, ws, launch)
 
     async def _wait_for_start(self) -> None:
         go_at, t_start = await asyncio.wait_for(self.handle.go, GO_TIMEOUT_S)
@@ -243,13 +364,19 @@ class ShardRunner(Runner):
 
     def _launches(self, shape: shapes.LoadShape) -> Any:
         n, w = self.spec.workers, self.spec.worker
-        return (la for i, la in enumerate(shape.launches()) if launch_owner(i, la, n) == w)
+        return (
+            Arrival(la.at_s, la.user, la.repeat_until_s, la.step, la.level, index=i)
+            for i, la in enumerate(shape.launches())
+            if launch_owner(i, la, n) == w
+        )
 
     def _new_flow_id(self, wallet: Wallet) -> int:
         flow_id = self.seq * self.spec.workers + self.spec.worker  # interleaved: unique in the run
         self.seq += 1
         notice = {"kind": "_started", "flow_id": flow_id, "user": wallet.index}
-        self.outbox.events.append({**notice, "address": wallet.address, "t": self.clock.now()})
+        notice.update(launch=_ARRIVAL.get(), address=wallet.address, t=self.clock.now())
+        self.outbox.events.append(notice)
+        self.outbox.flush_soon()  # out before the flow's first request (see the module doc)
         return flow_id
 
     def _emit(self, event: Event) -> None:

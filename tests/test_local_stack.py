@@ -25,7 +25,7 @@ from workbench.errors import WorkbenchError
 from workbench.params import PROJECT_ROOT, load_profile
 from workbench.stack import anvil
 from workbench.stack.components import ComponentStartError
-from workbench.stack.local import COMPONENTS, LocalStack
+from workbench.stack.local import COMPONENTS, MINER, LocalStack
 from workbench.vana import chain, permission
 from workbench.vana.network import MOKSHA_CHAIN_ID, SDK_CONTRACTS
 
@@ -103,26 +103,41 @@ def test_stack_up_and_down_leaves_no_process():
     assert not workdir.exists()  # a temp workdir goes with the stack
 
 
-def test_sub_second_blocks_run_from_the_start_and_resume_after_a_stall():
-    # fast's 0.25 s blocks: anvil's RPC only takes whole seconds, so they are a start flag.
-    assert load_profile("fast")["chain"]["block_time_s"] < 1
+def test_sub_second_blocks_come_from_the_miner_and_a_stall_pauses_it():
+    # fast's 0.25 s blocks: anvil's own interval mining would keep 1,500 states in memory.
+    assert 0 < load_profile("fast")["chain"]["block_time_s"] < 1
     profile = load_profile("fast")
     profile["relayer"]["accounts"] = 1
     with LocalStack(profile) as stack:
         url = stack.endpoints.rpc_url
+        assert MINER in stack.pids
 
-        async def blocks_in(seconds: float) -> int:
-            first = int(await anvil.rpc(url, "eth_blockNumber"), 16)
-            await asyncio.sleep(seconds)
-            return int(await anvil.rpc(url, "eth_blockNumber"), 16) - first
+        async def head() -> int:
+            return int(await anvil.rpc(url, "eth_blockNumber"), 16)
+
+        async def mined_within(tx_hash: str, seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if await anvil.rpc(url, "eth_getTransactionReceipt", [tx_hash]):
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        async def send() -> str:
+            tx = {"from": anvil.dev_address(0), "to": anvil.dev_address(1), "value": "0x1"}
+            return await anvil.rpc(url, "eth_sendTransaction", [tx])
 
         async def check() -> None:
             assert await anvil.rpc(url, "anvil_getAutomine") is False
-            assert await blocks_in(1.5) >= 3  # empty blocks, mined on the interval
+            first = await head()
+            await asyncio.sleep(1.0)
+            assert await head() == first  # an idle chain mines no empty blocks
+            assert await mined_within(await send(), 2.0)
             await stack.stall_chain()
-            assert await blocks_in(1.0) == 0
-            await stack.resume_chain()  # as whole seconds: 1 s blocks
-            assert await blocks_in(2.5) >= 1
+            waiting = await send()
+            assert not await mined_within(waiting, 1.0)
+            await stack.resume_chain()
+            assert await mined_within(waiting, 2.0)
 
         asyncio.run(check())
 
@@ -238,7 +253,7 @@ def read_line(proc: subprocess.Popen, timeout_s: float) -> str:
 
 def stack_pids(proc: subprocess.Popen) -> list[int]:
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) == len(COMPONENTS), children
+    assert len(children) == len(COMPONENTS) + 1, children  # fast's sub-second blocks: the miner
     return [c.pid for c in children]
 
 

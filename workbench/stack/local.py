@@ -35,7 +35,9 @@ import atexit
 import logging
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,7 +55,7 @@ from workbench.stack import anvil
 from workbench.stack.components import start_component
 from workbench.stack.deploy import deploy_all, deploy_at_sdk_addresses
 from workbench.stack.faults import FaultPlan, FaultSchedule
-from workbench.stack.process import free_port
+from workbench.stack.process import free_port, spawn
 from workbench.vana.crypto import public_key_of
 from workbench.vana.network import MOKSHA_CHAIN_ID
 from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
@@ -61,8 +63,9 @@ from workbench.vana.target import LOCAL_FUNDER_KEY_ENV, Endpoints, Target
 log = logging.getLogger("workbench.stack.local")
 
 PROXY = "rpc_proxy"  # only with an rpc fault section, between anvil and every client
+MINER = "miner"  # only with sub-second blocks (see workbench.stack.miner)
 COMPONENTS = ("anvil", "storage", "personal", "api")  # what a plain stack runs (no fault proxy)
-ALL_COMPONENTS = ("anvil", PROXY, "storage", "personal", "api")  # start order; stopped in reverse
+ALL_COMPONENTS = ("anvil", MINER, PROXY, "storage", "personal", "api")  # start order; reverse stop
 MODULES = {
     "storage": "storage",
     "personal": "personal_server",
@@ -204,8 +207,7 @@ class LocalStack:
                 self._api_secrets(),
             ),
         )
-        if self._block_time_s >= 1:  # after deployment, which automine makes instant
-            await anvil.set_block_time(anvil_url, self._block_time_s)
+        await self._mining(anvil_url)  # after deployment, which automine makes instant
         self.endpoints = Endpoints(
             rpc_url=rpc_url,
             api_url=self._urls["api"],
@@ -219,17 +221,23 @@ class LocalStack:
     async def _chain(self, rpc_url: str) -> dict[str, str]:
         port = int(rpc_url.rsplit(":", 1)[1])
         log_path = self.logs_dir / "anvil.log"
-        # Sub-second blocks can only be set at start (anvil's RPC takes whole seconds); slower
-        # ones start after the deployment, which automine makes instant.
-        subsecond = self._block_time_s if self._block_time_s < 1 else 0
-        proc = await self._spawn(
-            "anvil",
-            lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS, block_time_s=subsecond),
-        )
+        proc = await self._spawn("anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS))
         await anvil.wait_ready(rpc_url, timeout_s=ANVIL_READY_S, proc=proc)
         app_key = anvil.dev_key(1)
         deploy = deploy_at_sdk_addresses if self.vana_addresses else deploy_all
         return await deploy(rpc_url, anvil.dev_key(0), anvil.dev_address(1), public_key_of(app_key))
+
+    async def _mining(self, anvil_url: str) -> None:
+        """The profile's blocks: automine (0), anvil's interval mining (whole seconds), or the
+        miner process (below 1 s: anvil's own would keep 1,500 states in memory)."""
+        block_time = self._block_time_s
+        if block_time >= 1:
+            await anvil.set_block_time(anvil_url, block_time)
+        elif block_time > 0:
+            await anvil.rpc(anvil_url, "evm_setAutomine", [False])  # before the start returns
+            cmd = [sys.executable, "-m", "workbench.stack.miner", anvil_url, f"{block_time:g}"]
+            log_path = self.logs_dir / f"{MINER}.log"
+            await self._spawn(MINER, lambda: spawn(cmd, log_path=log_path))
 
     async def _proxy(self, anvil_url: str) -> str | None:
         """The fault-injecting RPC proxy's URL, or None without an rpc fault section."""
@@ -375,12 +383,17 @@ class LocalStack:
 
     async def stall_chain(self) -> None:
         """No more blocks: transactions wait in the pool until `resume_chain`."""
+        if MINER in self.procs:
+            self.procs[MINER].send_signal(signal.SIGSTOP)
+            return
         await anvil.rpc(self._anvil_url(), "evm_setAutomine", [False])
         await anvil.rpc(self._anvil_url(), "evm_setIntervalMining", [0])
 
     async def resume_chain(self) -> None:
-        """The profile's mining mode again (automine mines the whole waiting pool at once).
-        Sub-second blocks resume as 1 s blocks: anvil's RPC takes whole seconds."""
+        """The profile's mining mode again (automine mines the whole waiting pool at once)."""
+        if MINER in self.procs:
+            self.procs[MINER].send_signal(signal.SIGCONT)
+            return
         await anvil.set_block_time(self._anvil_url(), self._block_time_s)
 
     @property
@@ -467,6 +480,7 @@ def _terminate_all(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
+            proc.send_signal(signal.SIGCONT)  # a paused one (a stalled miner) acts on it now
     deadline = time.monotonic() + STOP_GRACE_S
     for proc in procs:
         try:

@@ -82,12 +82,11 @@ class _Uint256ArrayDecoder(DynamicArrayDecoder):
 
     def decode(self, stream: Any) -> tuple[int, ...]:
         size = decode_uint_256(stream)
+        left = len(stream.getbuffer()) - stream.tell()
+        if 32 * size > left:  # also a forged size of 2**255, before any read
+            raise InsufficientDataBytes(f"Tried to read {32 * size} bytes, only got {left} bytes.")
         raw = stream.read(32 * size)
-        if len(raw) < 32 * size:
-            raise InsufficientDataBytes(
-                f"Tried to read {32 * size} bytes, only got {len(raw)} bytes."
-            )
-        return tuple(int.from_bytes(raw[i : i + 32], "big") for i in range(0, len(raw), 32))
+        return tuple([int.from_bytes(raw[i : i + 32], "big") for i in range(0, len(raw), 32)])
 
 
 class _ArrayDecoder(BaseArrayDecoder):

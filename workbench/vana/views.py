@@ -93,7 +93,7 @@ class _ArrayDecoder(BaseArrayDecoder):
     """eth_abi's array decoders, but `_Uint256ArrayDecoder` for `uint256[]`."""
 
     @classmethod
-    def from_type_str(cls, type_str: str, registry: Any) -> Any:  # type: ignore[override]
+    def from_type_str(cls, type_str: str, registry: Any) -> Any:
         if type_str == "uint256[]":
             return _Uint256ArrayDecoder(item_decoder=registry.get_decoder("uint256"))
         return BaseArrayDecoder.from_type_str(type_str, registry)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from aiohttp import web
 
-from workbench.driver.sampler import HEADER, LoopLagProbe, Sampler
+from workbench.driver import sampler
+from workbench.driver.sampler import (
+    HEADER,
+    LoopLagProbe,
+    Sampler,
+    _diag_inodes,
+    _optional_counts,
+)
 
 BUSY = "while True: pass"
 IDLE = "import time; time.sleep(60)"
@@ -154,3 +164,44 @@ async def test_header_once_when_appending(tmp_path):
             await asyncio.sleep(0.15)
     lines = out.read_text().splitlines()
     assert lines.count(",".join(HEADER)) == 1
+
+
+def _inode(sock: socket.socket) -> str:
+    return str(os.fstat(sock.fileno()).st_ino)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc and sock_diag")
+def test_socket_and_file_counts_match_psutil(tmp_path):
+    """The sock_diag dump finds every open TCP/UDP socket (hundreds: several netlink messages),
+    no unix socket; the one-pass fd count agrees with psutil's open_files and inet connections."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(300)]
+    accepted = [listener.accept()[0] for _ in clients]
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.bind(("::1", 0))  # an unbound UDP socket is in no table (nor in psutil's answer)
+    unix_a, unix_b = socket.socketpair()
+    files = [open(tmp_path / f"f{i}", "w") for i in range(3)]  # noqa: SIM115
+    try:
+        inodes = _diag_inodes()
+        ours = [listener, udp, *clients, *accepted]
+        assert {_inode(s) for s in ours} <= inodes
+        assert _inode(unix_a) not in inodes and _inode(unix_b) not in inodes
+        me = psutil.Process()
+        counts = _optional_counts(me, inodes)
+        assert counts["connections"] == len(me.net_connections(kind="inet")) >= len(ours)
+        assert counts["open_files"] == len(me.open_files()) >= len(files)
+    finally:
+        for sock in [listener, udp, unix_a, unix_b, *clients, *accepted]:
+            sock.close()
+        for f in files:
+            f.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+def test_without_sock_diag_the_proc_tables_are_read(monkeypatch):
+    def refused() -> set[str]:
+        raise OSError("no netlink in this sandbox")
+
+    monkeypatch.setattr(sampler, "_diag_inodes", refused)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        assert _inode(listener) in sampler._inet_socket_inodes()

@@ -90,6 +90,38 @@ def test_known_secrets_from_env_and_wallet_file(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- events and logs
 
 
+def test_the_cheap_pre_check_misses_no_redaction():
+    """`needed` skips the walk only when `value()` would change nothing: a secret-named field
+    counts only when its own value holds a 32-byte hex (a flow event's step timings `derive_key`
+    and its result's `keys` list of words do not)."""
+    r = secrets.Redactor([KEY])
+    events = [
+        {"tx_hash": TX, "steps": {"derive_key": 0.2}, "result": {"keys": ["note", "user"]}},
+        {"tx_hash": TX, "keys": ["note", OTHER]},
+        {"tx_hash": TX, "wallet": {"private_key": f"x{OTHER[2:]}y"}},
+        {"error": f"boom {KEY[2:].upper()}"},
+        {"seed": [[OTHER]], "n": 1},
+        {"note": TX, "private_key": "0x" + "ab" * 33},  # 66 digits: no 32-byte value
+    ]
+    for event in events:
+        line = json.dumps(event, separators=(",", ":"))
+        assert r.needed(line) == (r.value(event) != event), event
+    assert [r.needed(json.dumps(e, separators=(",", ":"))) for e in events] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_hex64_values_are_the_runs_of_exactly_64_digits():
+    text = f"a {TX} b{OTHER[2:]}c {'1' * 65} {KEY.upper()}-{'f' * 63}"
+    expected = [m.group().lower().removeprefix("0x") for m in secrets.HEX64.finditer(text)]
+    assert secrets.hex64_values(text) == expected == [TX[2:], KEY[2:]]
+
+
 def test_event_writer_redacts_known_and_labelled_secrets(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FUNDER_KEY", KEY)
     path = tmp_path / "events.jsonl"

@@ -33,13 +33,15 @@ SECRET_WORDS = ("private", "secret", "mnemonic", "seed", "key")
 PUBLIC_WORDS = ("public", "hash", "address", "topic", "_id", "id_", "cid")
 MNEMONIC_LENGTHS = (12, 15, 18, 21, 24)
 # C-speed stand-ins for the HEX64 regex, which backtracks on every shorter hex run (addresses):
-# translate marks hex digits "1" and the rest "0" (a 64-digit run exists iff 64 "1"s do), or
-# keeps hex digits and blanks the rest, so split() yields the runs.
+# translate marks hex digits "1" and the rest "0" (a 64-digit run exists iff 64 "1"s do), and
+# bytes.find walks from run to run.
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _HEX_MARKS = bytes(49 if i in _HEX_DIGITS else 48 for i in range(256))
-_HEX_ONLY = bytes(i if i in _HEX_DIGITS else 32 for i in range(256))
 _HEX_RUN = b"1" * 64
-_JSON_KEY = re.compile(r'"([^"\\]{1,80})":')
+# A JSON key whose value is a string or a list: only there can a label make `value()` redact
+# (numbers stay as they are, an object's own keys label its values).
+_JSON_TEXT_KEY = re.compile(r'"([^"\\]{1,80})":[\["]')
+_JSON = json.JSONDecoder()
 _WORD_RUN = re.compile(r"(?<![A-Za-z])[a-z]+(?:[^a-zA-Z0-9]{1,4}[a-z]+){11,}")
 
 
@@ -50,10 +52,27 @@ def has_hex64(text: str) -> bool:
 
 def hex64_values(text: str) -> list[str]:
     """The 32-byte hex values in `text` (as HEX64 finds them), lower case without `0x`."""
-    if not has_hex64(text):
-        return []
-    runs = text.encode("utf-8", "replace").translate(_HEX_ONLY).split()
-    return [run.decode().lower() for run in runs if len(run) == 64]
+    data = text.encode("utf-8", "replace")
+    marks = data.translate(_HEX_MARKS)
+    found = []
+    start = marks.find(_HEX_RUN)  # the first digit of a run of 64 or more
+    while start >= 0:
+        end = marks.find(b"0", start + 64)  # the run's end
+        end = len(marks) if end < 0 else end
+        if end - start == 64:  # longer runs are no 32-byte value
+            found.append(data[start:end].decode().lower())
+        start = marks.find(_HEX_RUN, end)
+    return found
+
+
+def _json_value_at(line: str, start: int) -> str:
+    """The JSON text of the value that starts at `start` (all the rest if it does not parse):
+    a secret-named field redacts only a 32-byte hex inside its own value (e.g. an inference
+    result's `keys` list of words does not make every flow event a redaction walk)."""
+    try:
+        return line[start : _JSON.raw_decode(line, start)[1]]
+    except ValueError:
+        return line[start:]
 
 
 def secret_label(name: str) -> bool:
@@ -200,7 +219,10 @@ class Redactor:
             return True
         if not (hexes and any(w in low for w in SECRET_WORDS)):
             return False
-        return any(secret_label(k) for k in _JSON_KEY.findall(line))
+        return any(
+            secret_label(m.group(1)) and hex64_values(_json_value_at(line, m.end() - 1))
+            for m in _JSON_TEXT_KEY.finditer(line)
+        )
 
     def value(self, obj: Any, label: str | None = None) -> Any:
         """A copy of a JSON-like value with secrets replaced; dict keys label their values."""

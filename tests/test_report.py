@@ -243,3 +243,13 @@ def test_relayer_replacements_are_named_with_their_causes():
     assert "causes: underpriced 2, dropped 1; 1 nonces reached the replacement cap" in text
     assert "stalled" not in text.split("Gauge peaks")[0]  # a cause that never happened
     assert "Relayer replacements" not in report._trend_markdown({"gauges": {"personal": {}}})
+
+
+def test_the_chains_memory_trend_is_put_per_transaction_mined():
+    anvil = {"component": "anvil", "slope_mb_per_min": 1.5}
+    s = {"memory_trends": {"anvil": anvil, "driver": None}, "tx_ok": 600, "wall_s": 600}
+    text = report._trend_markdown(s)
+    # 1.5 MB/min over 60 transactions a minute: 25.6 KB each
+    assert "+1.50 MB/min is 26 KB per transaction mined (600 in 10.0 min)" in text
+    assert "per transaction mined" not in report._trend_markdown({**s, "tx_ok": 0})
+    assert "per transaction mined" not in report._trend_markdown({"memory_trends": {}})

@@ -363,6 +363,9 @@ def _trend_markdown(s: Mapping[str, Any]) -> str:
             f"max {lag['max_ms']:.1f} ms (worst per sample): large values mean the driver, "
             "not the system under test, delayed the timings."
         )
+    chain = _chain_memory_line(s)
+    if chain:
+        parts.append(chain)
     parts.append(_saturation_markdown(s))
     gauges = s.get("gauges") or {}
     replaced = _replacements_line(gauges.get("api") or {}, s.get("tx_total"))
@@ -372,6 +375,21 @@ def _trend_markdown(s: Mapping[str, Any]) -> str:
     if peaks:
         parts.append("Gauge peaks: " + ", ".join(peaks) + ".")
     return "\n\n".join(parts) or "No resource trends (too few samples)."
+
+
+def _chain_memory_line(s: Mapping[str, Any]) -> str | None:
+    """anvil's RSS trend per transaction mined: a dev node holds the whole chain in memory."""
+    trend = (s.get("memory_trends") or {}).get("anvil")
+    tx, wall = s.get("tx_ok") or 0, s.get("wall_s") or 0
+    if not trend or tx <= 0 or wall <= 0:
+        return None
+    kb = trend["slope_mb_per_min"] * 1024 / (tx / (wall / 60))
+    return (
+        "The chain (anvil) keeps every block and receipt, and its newest states, in memory: "
+        f"its RSS trend of {trend['slope_mb_per_min']:+.2f} MB/min is "
+        f"{kb:.0f} KB per transaction mined ({tx} in {wall / 60:.1f} min), the chain's own data, "
+        "which a real node keeps on disk."
+    )
 
 
 def _replacements_line(api: Mapping[str, float], tx_total: Any) -> str | None:

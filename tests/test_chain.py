@@ -15,8 +15,11 @@ from workbench.stack.anvil import (
     dev_key,
     rpc,
     set_block_time,
+    start_anvil,
     txpool_pending,
+    wait_ready,
 )
+from workbench.stack.process import free_port, terminate
 from workbench.vana.chain import (
     NonceManager,
     ReceiptTimeout,
@@ -210,3 +213,23 @@ async def test_wait_permission_backs_off_while_nothing_is_mined(w3, deployed) ->
 
 
 PERMISSIONS = "DataPortabilityPermissions"
+
+
+@pytest.mark.e2e
+def test_keep_blocks_drops_old_receipts_only(tmp_path):
+    port = free_port()
+    proc = start_anvil(port, tmp_path / "anvil.log", accounts=2, keep_blocks=2)
+    url = f"http://127.0.0.1:{port}"
+
+    async def check() -> None:
+        await wait_ready(url, timeout_s=15, proc=proc)
+        tx = {"from": dev_address(0), "to": dev_address(1), "value": "0x1"}
+        hashes = [await rpc(url, "eth_sendTransaction", [tx]) for _ in range(4)]  # 4 blocks
+        receipts = [await rpc(url, "eth_getTransactionReceipt", [h]) for h in hashes]
+        assert [r is not None for r in receipts] == [False, False, True, True]
+        assert await rpc(url, "eth_getBlockByNumber", ["0x1", False])  # headers stay
+
+    try:
+        asyncio.run(check())
+    finally:
+        terminate(proc)

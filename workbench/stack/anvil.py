@@ -83,12 +83,18 @@ def anvil_binary() -> Path:
 
 
 def start_anvil(
-    port: int, log_path: Path | None = None, accounts: int = 20, gas_limit: int | None = None
+    port: int,
+    log_path: Path | None = None,
+    accounts: int = 20,
+    gas_limit: int | None = None,
+    keep_blocks: int | None = None,
 ) -> subprocess.Popen:
     """anvil on 127.0.0.1:`port`, chain id 31337, the dev mnemonic, mining each tx on arrival
     (`set_block_time` and `workbench.stack.miner` change that after deployment).
 
     `gas_limit` per block defaults to anvil's 30 M, room for about 30 permissions per block.
+    `keep_blocks`: the transactions and receipts of only the newest this many blocks with
+    transactions stay (older receipts read as not found; headers and logs stay); None: all.
     """
     cmd = [
         str(anvil_binary()),
@@ -107,6 +113,8 @@ def start_anvil(
     ]
     if gas_limit is not None:
         cmd += ["--gas-limit", str(gas_limit)]
+    if keep_blocks is not None:
+        cmd += ["--transaction-block-keeper", str(keep_blocks)]
     return spawn(cmd, log_path=log_path)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import secrets
 import shutil
 import signal
@@ -72,6 +73,10 @@ MODULES = {
     "api": "api_server",
     PROXY: "rpc_proxy",
 }
+# Receipts every client here asks for within its receipt timeout (at most 180 s: the sdk
+# preset), so anvil keeps only the last 5 minutes' worth of blocks' transactions: with all of
+# them its memory grows with every permission (automine: a block per tx, so no bound there).
+KEEP_RECEIPTS_S = 300.0
 AUTOMINE_STUCK_AFTER_S = 3.0  # relayer: the least time between two sends of one nonce
 DEV_ACCOUNTS = 20
 FIRST_RELAYER = 2  # dev accounts: 0 deployer and funder, 1 the app, 2.. relayers
@@ -221,7 +226,10 @@ class LocalStack:
     async def _chain(self, rpc_url: str) -> dict[str, str]:
         port = int(rpc_url.rsplit(":", 1)[1])
         log_path = self.logs_dir / "anvil.log"
-        proc = await self._spawn("anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS))
+        keep = math.ceil(KEEP_RECEIPTS_S / self._block_time_s) if self._block_time_s else None
+        proc = await self._spawn(
+            "anvil", lambda: anvil.start_anvil(port, log_path, DEV_ACCOUNTS, keep_blocks=keep)
+        )
         await anvil.wait_ready(rpc_url, timeout_s=ANVIL_READY_S, proc=proc)
         app_key = anvil.dev_key(1)
         deploy = deploy_at_sdk_addresses if self.vana_addresses else deploy_all

@@ -18,12 +18,12 @@ Prints JSON. Everything runs on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from eth_utils import to_checksum_address
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.stack import anvil  # noqa: E402
-from workbench.stack.miner import Miner  # noqa: E402
+from workbench.stack.miner import JsonRpc, Miner  # noqa: E402
 from workbench.stack.process import free_port  # noqa: E402
 
 STORE = "0x" + "5e" * 20  # an account whose storage grows like the Permissions contract's
@@ -48,19 +48,8 @@ class Node:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.proc = anvil.start_anvil(port, accounts=2)
-        for _ in range(200):
-            try:
-                self.rpc("eth_chainId")
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("anvil did not start")
-
-    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
-        req = urllib.request.Request(self.url, body.encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read()).get("result")
+        asyncio.run(anvil.wait_ready(self.url, timeout_s=15, proc=self.proc))
+        self.rpc = JsonRpc(self.url)  # kept alive: a call costs what anvil does, not a connect
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20

@@ -27,15 +27,16 @@ log = logging.getLogger("workbench.stack.miner")
 GONE_AFTER_S = 5.0  # anvil unreachable this long: it was stopped, and so is this process
 
 
-class Miner:
-    def __init__(self, rpc_url: str, interval_s: float) -> None:
+class JsonRpc:
+    """A blocking JSON-RPC client on one kept-alive connection: for a process that does nothing
+    else (`anvil.rpc` is the async one, a session per call)."""
+
+    def __init__(self, rpc_url: str) -> None:
         parts = urllib.parse.urlsplit(rpc_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 8545
-        self.interval_s = interval_s
         self.conn: http.client.HTTPConnection | None = None
-        self.blocks = 0
 
-    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+    def __call__(self, method: str, params: list[Any] | None = None) -> Any:
         """One JSON-RPC call on a kept-alive connection (reopened after any failure)."""
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
         if self.conn is None:
@@ -50,6 +51,13 @@ class Miner:
         if "error" in reply:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply["result"]
+
+
+class Miner:
+    def __init__(self, rpc_url: str, interval_s: float) -> None:
+        self.rpc = JsonRpc(rpc_url)
+        self.interval_s = interval_s
+        self.blocks = 0
 
     def tick(self) -> None:
         """Mines a block if transactions wait in the pool."""
